@@ -1,0 +1,16 @@
+//! What every ALP service shares, written once: the gRPC server bootstrap (health, reflection,
+//! metrics, graceful drain), storage pools and migrations, the error-to-status mapping, request
+//! validation helpers and the downstream channel set-up.
+
+pub mod clients;
+pub mod db;
+pub mod error;
+pub mod logging;
+pub mod metrics;
+pub mod page;
+pub mod server;
+pub mod shutdown;
+pub mod time;
+pub mod validate;
+
+pub use error::{ErrorKind, FieldViolation, ServiceError, StoreError};

@@ -1,0 +1,223 @@
+//! The gRPC server bootstrap every service runs: health with a named entry that follows the
+//! service's readiness, reflection v1 and v1alpha, the per-RPC metrics layer, message size limits
+//! and a graceful drain (NOT_SERVING first, then stop accepting, then finish in-flight calls).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::db::Database;
+use crate::metrics::RpcMetricsLayer;
+
+/// Settings every service server shares.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// How long to answer NOT_SERVING before closing listeners, so load balancers and kubelet
+    /// stop sending new calls first.
+    pub drain_delay: Duration,
+    /// Largest request message accepted; larger ones get RESOURCE_EXHAUSTED / OUT_OF_RANGE.
+    pub max_message_bytes: usize,
+    /// How often readiness (database, downstreams) is re-checked.
+    pub readiness_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            drain_delay: Duration::from_secs(5),
+            max_message_bytes: 4 * 1024 * 1024,
+            readiness_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Time between NOT_SERVING and closing the listener on SIGTERM.
+    #[arg(long = "drain-delay", env = "ALP_DRAIN_DELAY", default_value = "5s", value_parser = crate::time::parse_duration)]
+    pub drain_delay: Duration,
+    /// Largest accepted request message in bytes.
+    #[arg(long = "max-message-bytes", env = "ALP_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Interval between readiness checks of the database and downstream services.
+    #[arg(long = "readiness-interval", env = "ALP_READINESS_INTERVAL", default_value = "2s", value_parser = crate::time::parse_duration)]
+    pub readiness_interval: Duration,
+}
+
+impl From<&ServerArgs> for ServerConfig {
+    fn from(args: &ServerArgs) -> Self {
+        Self {
+            drain_delay: args.drain_delay,
+            max_message_bytes: args.max_message_bytes,
+            readiness_interval: args.readiness_interval,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection set-up failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Database(#[from] crate::db::DbSetupError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+type Check = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
+
+/// What must be reachable before a service reports SERVING.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    checks: Vec<(String, Check)>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.checks.iter().map(|(name, _)| name)).finish()
+    }
+}
+
+impl Readiness {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_check<F, Fut>(mut self, name: impl Into<String>, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.checks.push((name.into(), Arc::new(move || Box::pin(check()))));
+        self
+    }
+
+    /// The service's own database answers.
+    pub fn with_database(self, db: Database) -> Self {
+        self.with_check("database", move || {
+            let db = db.clone();
+            async move { db.ping().await.map_err(|e| e.to_string()) }
+        })
+    }
+
+    /// Runs every check; the first failure names the dependency.
+    pub async fn check(&self) -> Result<(), String> {
+        let results =
+            futures::future::join_all(self.checks.iter().map(|(name, check)| {
+                let fut = check();
+                async move { fut.await.map_err(|reason| format!("{name}: {reason}")) }
+            }))
+            .await;
+        results.into_iter().collect::<Result<Vec<()>, String>>().map(|_| ())
+    }
+}
+
+/// Runs one service's routes on `listener` until `shutdown` resolves, then drains.
+///
+/// `service_name` is the health entry (the proto's full service name) that follows readiness.
+pub async fn run(
+    service_name: &'static str,
+    routes: Routes,
+    config: &ServerConfig,
+    listener: TcpListener,
+    readiness: Readiness,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter.set_service_status(service_name, ServingStatus::NotServing).await;
+    reporter.set_service_status("", ServingStatus::NotServing).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(alp_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(alp_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let draining = CancellationToken::new();
+    let monitor = tokio::spawn(monitor_readiness(
+        service_name,
+        reporter.clone(),
+        readiness,
+        config.readiness_interval,
+        draining.clone(),
+    ));
+
+    let address = listener.local_addr().map_err(|e| ServeError::Setup(e.to_string()))?;
+    tracing::info!(service = service_name, %address, "listening");
+
+    let drain_delay = config.drain_delay;
+    let drain_reporter = reporter.clone();
+    let drain_token = draining.clone();
+    let signal = async move {
+        shutdown.await;
+        drain_token.cancel();
+        drain_reporter.set_service_status(service_name, ServingStatus::NotServing).await;
+        drain_reporter.set_service_status("", ServingStatus::NotServing).await;
+        tracing::info!(service = service_name, delay_ms = drain_delay.as_millis() as u64, "draining");
+        tokio::time::sleep(drain_delay).await;
+    };
+
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(RpcMetricsLayer)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .await;
+    draining.cancel();
+    let _ = monitor.await;
+    tracing::info!(service = service_name, "stopped");
+    result.map_err(ServeError::from)
+}
+
+async fn monitor_readiness(
+    service_name: &'static str,
+    reporter: HealthReporter,
+    readiness: Readiness,
+    interval: Duration,
+    draining: CancellationToken,
+) {
+    let mut serving: Option<bool> = None;
+    loop {
+        let outcome = tokio::select! {
+            () = draining.cancelled() => return,
+            outcome = readiness.check() => outcome,
+        };
+        if draining.is_cancelled() {
+            return;
+        }
+        let ready = outcome.is_ok();
+        if serving != Some(ready) {
+            let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+            reporter.set_service_status(service_name, status).await;
+            reporter.set_service_status("", status).await;
+            match &outcome {
+                Ok(()) => tracing::info!(service = service_name, "ready: SERVING"),
+                Err(reason) => tracing::warn!(service = service_name, %reason, "not ready: NOT_SERVING"),
+            }
+            serving = Some(ready);
+        }
+        tokio::select! {
+            () = draining.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The gRPC surface of the content service: validate, call the store, shape the answer.
+
+use alp_proto::content::v1::content_service_server::ContentService;
+use alp_proto::content::v1::*;
+use alp_runtime::validate::{id, page_size};
+use alp_runtime::page;
+use tonic::{Request, Response, Status};
+
+use crate::error::ContentError;
+use crate::store::{ContentStore, SearchQuery};
+use crate::validate;
+
+#[derive(Debug, Clone)]
+pub struct ContentApi {
+    store: ContentStore,
+}
+
+impl ContentApi {
+    pub fn new(store: ContentStore) -> Self {
+        Self { store }
+    }
+}
+
+type RpcResult<T> = std::result::Result<Response<T>, Status>;
+
+/// The next page token for a keyset page: the last key when the page is full.
+fn next_token<T>(page: &[T], limit: u32, key: impl Fn(&T) -> &str) -> String {
+    match page.last() {
+        Some(last) if page.len() == limit as usize => page::encode(key(last)),
+        _ => String::new(),
+    }
+}
+
+#[tonic::async_trait]
+impl ContentService for ContentApi {
+    async fn create_course(&self, request: Request<CreateCourseRequest>) -> RpcResult<CreateCourseResponse> {
+        let request = request.into_inner();
+        let course = validate::course(request.course.as_ref()).map_err(ContentError::from)?;
+        let course = self.store.create_course(course).await?;
+        Ok(Response::new(CreateCourseResponse { course: Some(course) }))
+    }
+
+    async fn get_course(&self, request: Request<GetCourseRequest>) -> RpcResult<GetCourseResponse> {
+        let request = request.into_inner();
+        id("course_id", &request.course_id).map_err(ContentError::from)?;
+        let course = self
+            .store
+            .get_course(&request.course_id)
+            .await
+            .map_err(ContentError::from)?
+            .ok_or_else(|| ContentError::not_found("course", &request.course_id))?;
+        Ok(Response::new(GetCourseResponse { course: Some(course) }))
+    }
+
+    async fn list_courses(&self, request: Request<ListCoursesRequest>) -> RpcResult<ListCoursesResponse> {
+        let request = request.into_inner();
+        let limit = page_size("page_size", request.page_size, 100, 1000).map_err(ContentError::from)?;
+        let after = page::decode("page_token", &request.page_token).map_err(ContentError::from)?.unwrap_or_default();
+        let courses = self.store.list_courses(&after, limit).await.map_err(ContentError::from)?;
+        let next_page_token = next_token(&courses, limit, |c| &c.course_id);
+        Ok(Response::new(ListCoursesResponse { courses, next_page_token }))
+    }
+
+    async fn upsert_skills(&self, request: Request<UpsertSkillsRequest>) -> RpcResult<UpsertSkillsResponse> {
+        let request = request.into_inner();
+        validate::skills(&request.course_id, &request.skills).map_err(ContentError::from)?;
+        let skills = self.store.upsert_skills(&request.course_id, &request.skills).await?;
+        Ok(Response::new(UpsertSkillsResponse { skills }))
+    }
+
+    async fn list_skills(&self, request: Request<ListSkillsRequest>) -> RpcResult<ListSkillsResponse> {
+        let request = request.into_inner();
+        id("course_id", &request.course_id).map_err(ContentError::from)?;
+        let limit = page_size("page_size", request.page_size, 1000, 1000).map_err(ContentError::from)?;
+        let after = page::decode("page_token", &request.page_token).map_err(ContentError::from)?.unwrap_or_default();
+        if after.is_empty() && self.store.get_course(&request.course_id).await.map_err(ContentError::from)?.is_none() {
+            return Err(ContentError::not_found("course", &request.course_id).into());
+        }
+        let skills = self.store.list_skills(&request.course_id, &after, limit).await.map_err(ContentError::from)?;
+        let next_page_token = next_token(&skills, limit, |s| &s.skill_id);
+        Ok(Response::new(ListSkillsResponse { skills, next_page_token }))
+    }
+
+    async fn upsert_items(&self, request: Request<UpsertItemsRequest>) -> RpcResult<UpsertItemsResponse> {
+        let request = request.into_inner();
+        validate::items(&request.items).map_err(ContentError::from)?;
+        let outcome = self.store.upsert_items(&request.items).await?;
+        Ok(Response::new(UpsertItemsResponse {
+            items: outcome.items,
+            created_count: outcome.created,
+            updated_count: outcome.updated,
+        }))
+    }
+
+    async fn get_item(&self, request: Request<GetItemRequest>) -> RpcResult<GetItemResponse> {
+        let request = request.into_inner();
+        id("item_id", &request.item_id).map_err(ContentError::from)?;
+        let item = self
+            .store
+            .get_items(std::slice::from_ref(&request.item_id))
+            .await
+            .map_err(ContentError::from)?
+            .pop()
+            .ok_or_else(|| ContentError::not_found("item", &request.item_id))?;
+        Ok(Response::new(GetItemResponse { item: Some(item) }))
+    }
+
+    async fn batch_get_items(&self, request: Request<BatchGetItemsRequest>) -> RpcResult<BatchGetItemsResponse> {
+        let request = request.into_inner();
+        validate::item_ids("item_ids", &request.item_ids).map_err(ContentError::from)?;
+        let mut unique = request.item_ids.clone();
+        unique.sort();
+        unique.dedup();
+        let mut items = self.store.get_items(&unique).await.map_err(ContentError::from)?;
+        items.sort_by(|a, b| a.item_id.cmp(&b.item_id));
+        let missing_item_ids = unique
+            .into_iter()
+            .filter(|id| items.binary_search_by(|i| i.item_id.as_str().cmp(id)).is_err())
+            .collect();
+        Ok(Response::new(BatchGetItemsResponse { items, missing_item_ids }))
+    }
+
+    async fn list_items(&self, request: Request<ListItemsRequest>) -> RpcResult<ListItemsResponse> {
+        let request = request.into_inner();
+        id("course_id", &request.course_id).map_err(ContentError::from)?;
+        alp_runtime::validate::optional_id("skill_id", &request.skill_id).map_err(ContentError::from)?;
+        let limit = page_size("page_size", request.page_size, 100, 1000).map_err(ContentError::from)?;
+        let after = page::decode("page_token", &request.page_token).map_err(ContentError::from)?.unwrap_or_default();
+        if after.is_empty() && self.store.get_course(&request.course_id).await.map_err(ContentError::from)?.is_none() {
+            return Err(ContentError::not_found("course", &request.course_id).into());
+        }
+        let items = self
+            .store
+            .list_items(&request.course_id, &request.skill_id, request.include_retired, &after, limit)
+            .await
+            .map_err(ContentError::from)?;
+        let next_page_token = next_token(&items, limit, |i| &i.item_id);
+        Ok(Response::new(ListItemsResponse { items, next_page_token }))
+    }
+
+    async fn retire_item(&self, request: Request<RetireItemRequest>) -> RpcResult<RetireItemResponse> {
+        let request = request.into_inner();
+        id("item_id", &request.item_id).map_err(ContentError::from)?;
+        let item = self
+            .store
+            .retire_item(&request.item_id)
+            .await
+            .map_err(ContentError::from)?
+            .ok_or_else(|| ContentError::not_found("item", &request.item_id))?;
+        Ok(Response::new(RetireItemResponse { item: Some(item) }))
+    }
+
+    async fn search_items(&self, request: Request<SearchItemsRequest>) -> RpcResult<SearchItemsResponse> {
+        let request = request.into_inner();
+        let words = validate::search_words(&request.query).map_err(ContentError::from)?;
+        validate::search_filters(&request).map_err(ContentError::from)?;
+        let limit = page_size("page_size", request.page_size, 20, 100).map_err(ContentError::from)?;
+        let fingerprint = format!(
+            "{}|{}|{}|{}|{}|{:?}|{:?}",
+            words.join(" "),
+            request.course_id,
+            request.skill_id,
+            request.kind,
+            request.tag,
+            request.min_difficulty,
+            request.max_difficulty
+        );
+        let fingerprint = format!("{:016x}", fnv1a(fingerprint.as_bytes()));
+        let offset = page::decode_offset("page_token", &request.page_token, &fingerprint).map_err(ContentError::from)?;
+        let query = SearchQuery {
+            words,
+            course_id: request.course_id,
+            skill_id: request.skill_id,
+            kind: request.kind,
+            tag: request.tag,
+            min_difficulty: request.min_difficulty.unwrap_or(validate::MIN_DIFFICULTY),
+            max_difficulty: request.max_difficulty.unwrap_or(validate::MAX_DIFFICULTY),
+            limit,
+            offset,
+        };
+        let hits: Vec<SearchHit> = self
+            .store
+            .search(&query)
+            .await
+            .map_err(ContentError::from)?
+            .into_iter()
+            .map(|(item, relevance)| SearchHit { item: Some(item), relevance })
+            .collect();
+        let next_page_token = if hits.len() == limit as usize {
+            page::encode_offset(offset + u64::from(limit), &fingerprint)
+        } else {
+            String::new()
+        };
+        Ok(Response::new(SearchItemsResponse { hits, next_page_token }))
+    }
+}
+
+/// Stable 64-bit FNV-1a, to bind a page token to its query without storing the query in it.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}

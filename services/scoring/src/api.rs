@@ -1,0 +1,227 @@
+//! The gRPC surface of the scoring service.
+
+use std::sync::Arc;
+
+use alp_proto::common::v1::{MemoryState as MemoryProto, Rating};
+use alp_proto::scoring::v1::scoring_service_server::ScoringService;
+use alp_proto::scoring::v1::*;
+use alp_runtime::time::{duration, millis, now_millis, timestamp};
+use alp_runtime::validate::{count, id};
+use fsrs::{FSRS, MemoryState};
+use tonic::{Request, Response, Status};
+
+use crate::error::ScoringError;
+use crate::model::{self, CandidateState};
+use crate::store::{AttemptEffects, Estimate, ScoringStore};
+use crate::validate;
+
+#[derive(Clone)]
+pub struct ScoringApi {
+    store: ScoringStore,
+    fsrs: Arc<FSRS>,
+}
+
+impl std::fmt::Debug for ScoringApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScoringApi").finish_non_exhaustive()
+    }
+}
+
+impl ScoringApi {
+    pub fn new(store: ScoringStore) -> Self {
+        Self { store, fsrs: Arc::new(FSRS::default()) }
+    }
+}
+
+type RpcResult<T> = Result<Response<T>, Status>;
+
+fn to_fsrs(memory: &MemoryProto) -> MemoryState {
+    MemoryState { stability: memory.stability as f32, difficulty: memory.difficulty as f32 }
+}
+
+fn to_proto(memory: MemoryState) -> MemoryProto {
+    MemoryProto { stability: f64::from(memory.stability), difficulty: f64::from(memory.difficulty) }
+}
+
+/// The learner's ability on an item: the mean over its skills (0 for unseen skills).
+fn ability(abilities: &std::collections::HashMap<String, Estimate>, skills: &[String]) -> f64 {
+    if skills.is_empty() {
+        return 0.0;
+    }
+    skills.iter().map(|s| abilities.get(s).map_or(0.0, |e| e.value)).sum::<f64>() / skills.len() as f64
+}
+
+#[tonic::async_trait]
+impl ScoringService for ScoringApi {
+    async fn score_candidates(&self, request: Request<ScoreCandidatesRequest>) -> RpcResult<ScoreCandidatesResponse> {
+        let request = request.into_inner();
+        validate::score_request(&request).map_err(ScoringError::from)?;
+        let mode = validate::mode(request.mode).map_err(ScoringError::from)?;
+        let retention = validate::retention("desired_retention", request.desired_retention).map_err(ScoringError::from)?;
+        let now = match &request.now {
+            Some(t) => millis("now", t).map_err(ScoringError::from)?,
+            None => now_millis(),
+        };
+        let abilities = self.store.abilities(&request.learner_id).await.map_err(ScoringError::from)?;
+        let item_ids: Vec<String> = request.candidates.iter().map(|c| c.item_id.clone()).collect();
+        let calibration = self.store.calibration(&item_ids).await.map_err(ScoringError::from)?;
+        let mut states = Vec::with_capacity(request.candidates.len());
+        for (i, c) in request.candidates.iter().enumerate() {
+            let last_review_ms = match &c.last_review_time {
+                Some(t) => millis(&format!("candidates[{i}].last_review_time"), t).map_err(ScoringError::from)?,
+                None => 0,
+            };
+            let due_ms = match &c.due_time {
+                Some(t) => Some(millis(&format!("candidates[{i}].due_time"), t).map_err(ScoringError::from)?),
+                None => None,
+            };
+            states.push(CandidateState {
+                item_id: c.item_id.clone(),
+                memory: c.memory.as_ref().map(to_fsrs),
+                last_review_ms,
+                due_ms,
+                last_rating: Rating::try_from(c.last_rating).unwrap_or(Rating::Unspecified),
+                ability: ability(&abilities, &c.skill_ids),
+                difficulty: calibration.get(&c.item_id).map_or(c.initial_difficulty, |e| e.value),
+                guess: model::guess(c.choice_count),
+            });
+        }
+        let items = model::rank(&states, mode, request.count as usize, retention, now)
+            .into_iter()
+            .map(|r| ScoredItem {
+                item_id: r.item_id,
+                reason: r.reason as i32,
+                score: r.score,
+                predicted_recall: r.predicted_recall,
+                predicted_success: r.predicted_success,
+            })
+            .collect();
+        Ok(Response::new(ScoreCandidatesResponse { items }))
+    }
+
+    async fn apply_attempt(&self, request: Request<ApplyAttemptRequest>) -> RpcResult<ApplyAttemptResponse> {
+        let request = request.into_inner();
+        let rating = validate::apply_request(&request).map_err(ScoringError::from)?;
+        let retention = validate::retention("desired_retention", request.desired_retention).map_err(ScoringError::from)?;
+        let answer_ms = millis("answer_time", request.answer_time.as_ref().unwrap_or(&Default::default()))
+            .map_err(ScoringError::from)?;
+        let prior = match (&request.prior_memory, &request.last_review_time) {
+            (Some(memory), Some(last)) => {
+                Some((to_fsrs(memory), millis("last_review_time", last).map_err(ScoringError::from)?))
+            }
+            _ => None,
+        };
+
+        if let Some(applied) = self.store.applied(&request.attempt_id).await.map_err(ScoringError::from)? {
+            return replay(applied, &request);
+        }
+
+        let abilities = self.store.abilities(&request.learner_id).await.map_err(ScoringError::from)?;
+        let calibration =
+            self.store.calibration(std::slice::from_ref(&request.item_id)).await.map_err(ScoringError::from)?;
+        let item = calibration.get(&request.item_id).copied();
+        let theta = ability(&abilities, &request.skill_ids);
+        let difficulty = item.map_or(request.initial_difficulty, |e| e.value);
+        let p = model::success_probability(theta, difficulty, model::guess(request.choice_count));
+        let update = model::review(&self.fsrs, prior, rating, answer_ms, retention).map_err(ScoringError::Model)?;
+
+        // Ability and difficulty are prior knowledge: only first attempts move them; later
+        // attempts are memory, which FSRS tracks.
+        let correct = if request.rating == Rating::Unspecified as i32 { request.correct } else { rating != Rating::Again };
+        let surprise = f64::from(u8::from(correct)) - p;
+        let (ability_deltas, difficulty_delta) = if prior.is_none() {
+            let deltas = request
+                .skill_ids
+                .iter()
+                .map(|s| (s.clone(), model::elo_step(abilities.get(s).map_or(0, |e| e.attempts)) * surprise))
+                .collect();
+            let item_step = model::elo_step(item.map_or(0, |e| e.attempts));
+            (deltas, Some((request.initial_difficulty, -item_step * surprise)))
+        } else {
+            (Vec::new(), None)
+        };
+        let first_skill = request.skill_ids.first();
+        let response = ApplyAttemptResponse {
+            memory: Some(to_proto(update.memory)),
+            due_time: Some(timestamp(update.due_ms)),
+            interval: Some(duration(update.interval_ms)),
+            predicted_recall: update.recall_before,
+            predicted_success: if prior.is_some() { update.recall_before } else { p },
+            ability: first_skill.map_or(theta, |s| {
+                abilities.get(s).map_or(0.0, |e| e.value)
+                    + ability_deltas.iter().find(|(k, _)| k == s).map_or(0.0, |(_, d)| *d)
+            }),
+            item_difficulty: difficulty + difficulty_delta.map_or(0.0, |(_, d)| d),
+            duplicate: false,
+        };
+        let effects = AttemptEffects {
+            attempt_id: request.attempt_id.clone(),
+            learner_id: request.learner_id.clone(),
+            item_id: request.item_id.clone(),
+            response: response.clone(),
+            ability_deltas,
+            difficulty_delta,
+        };
+        if !self.store.apply(&effects).await.map_err(ScoringError::from)? {
+            // Another call applied the same attempt id between our check and our write.
+            let applied = self
+                .store
+                .applied(&request.attempt_id)
+                .await
+                .map_err(ScoringError::from)?
+                .ok_or_else(|| ScoringError::Model("applied attempt vanished".to_owned()))?;
+            return replay(applied, &request);
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn predict_recall(&self, request: Request<PredictRecallRequest>) -> RpcResult<PredictRecallResponse> {
+        let request = request.into_inner();
+        id("learner_id", &request.learner_id).map_err(ScoringError::from)?;
+        count("queries", &request.queries, validate::MAX_CANDIDATES).map_err(ScoringError::from)?;
+        let at = match &request.at {
+            Some(t) => millis("at", t).map_err(ScoringError::from)?,
+            None => now_millis(),
+        };
+        let mut predictions = Vec::with_capacity(request.queries.len());
+        for (i, query) in request.queries.iter().enumerate() {
+            validate::recall_query(i, query).map_err(ScoringError::from)?;
+            let (Some(memory), Some(last)) = (&query.memory, &query.last_review_time) else { continue };
+            let last = millis(&format!("queries[{i}].last_review_time"), last).map_err(ScoringError::from)?;
+            predictions.push(RecallPrediction {
+                item_id: query.item_id.clone(),
+                recall: model::retrievability(to_fsrs(memory), at - last),
+            });
+        }
+        Ok(Response::new(PredictRecallResponse { predictions }))
+    }
+
+    async fn get_learner_model(&self, request: Request<GetLearnerModelRequest>) -> RpcResult<GetLearnerModelResponse> {
+        let request = request.into_inner();
+        id("learner_id", &request.learner_id).map_err(ScoringError::from)?;
+        let abilities = self.store.abilities(&request.learner_id).await.map_err(ScoringError::from)?;
+        let mut skills: Vec<SkillAbility> = abilities
+            .into_iter()
+            .map(|(skill_id, e)| SkillAbility { skill_id, ability: e.value, attempt_count: e.attempts })
+            .collect();
+        skills.sort_by(|a, b| a.skill_id.cmp(&b.skill_id));
+        let attempt_count = self.store.attempt_count(&request.learner_id).await.map_err(ScoringError::from)?;
+        Ok(Response::new(GetLearnerModelResponse {
+            model: Some(LearnerModel {
+                learner_id: request.learner_id,
+                skills,
+                fsrs_parameters: fsrs::DEFAULT_PARAMETERS.iter().map(|w| f64::from(*w)).collect(),
+                parameters_fitted: false,
+                attempt_count,
+            }),
+        }))
+    }
+}
+
+/// The first answer to an attempt id, or a conflict if the id is reused for something else.
+fn replay(applied: crate::store::AppliedAttempt, request: &ApplyAttemptRequest) -> RpcResult<ApplyAttemptResponse> {
+    if applied.learner_id != request.learner_id || applied.item_id != request.item_id {
+        return Err(ScoringError::AttemptConflict(request.attempt_id.clone()).into());
+    }
+    Ok(Response::new(ApplyAttemptResponse { duplicate: true, ..applied.response }))
+}

@@ -1,0 +1,32 @@
+//! The scoring service's errors and their gRPC status.
+
+use alp_runtime::{ErrorKind, FieldViolation, ServiceError, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScoringError {
+    #[error("{0}")]
+    InvalidArgument(#[from] FieldViolation),
+    #[error("attempt {0:?} was applied before with a different learner or item")]
+    AttemptConflict(String),
+    #[error("memory model: {0}")]
+    Model(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ServiceError for ScoringError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ScoringError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            ScoringError::AttemptConflict(_) => ErrorKind::AlreadyExists,
+            ScoringError::Model(_) => ErrorKind::Internal,
+            ScoringError::Store(err) => err.kind(),
+        }
+    }
+}
+
+impl From<ScoringError> for tonic::Status {
+    fn from(err: ScoringError) -> Self {
+        alp_runtime::error::to_status(&err)
+    }
+}

@@ -1,0 +1,101 @@
+//! Request checks for the scoring service.
+
+use alp_proto::common::v1::{MemoryState, Mode, Rating};
+use alp_proto::scoring::v1::{ApplyAttemptRequest, Candidate, RecallQuery, ScoreCandidatesRequest};
+use alp_runtime::validate::{count, id, range};
+use alp_runtime::FieldViolation;
+
+pub const MAX_CANDIDATES: usize = 2000;
+pub const MAX_COUNT: u32 = 100;
+
+pub fn retention(field: &str, value: f64) -> Result<f64, FieldViolation> {
+    if value == 0.0 {
+        return Ok(crate::model::DEFAULT_RETENTION);
+    }
+    range(field, value, 0.70, 0.97)?;
+    Ok(value)
+}
+
+pub fn memory(field: &str, memory: &MemoryState) -> Result<(), FieldViolation> {
+    range(&format!("{field}.stability"), memory.stability, 0.001, 36_500.0 * 100.0)?;
+    range(&format!("{field}.difficulty"), memory.difficulty, 1.0, 10.0)
+}
+
+pub fn mode(value: i32) -> Result<Mode, FieldViolation> {
+    match Mode::try_from(value) {
+        Ok(Mode::Unspecified) => Ok(Mode::Practice),
+        Ok(mode) => Ok(mode),
+        Err(_) => Err(FieldViolation::new("mode", "must be PRACTICE, REVIEW or MOCK_TEST")),
+    }
+}
+
+pub fn score_request(request: &ScoreCandidatesRequest) -> Result<(), FieldViolation> {
+    id("learner_id", &request.learner_id)?;
+    count("candidates", &request.candidates, MAX_CANDIDATES)?;
+    if request.count == 0 || request.count > MAX_COUNT {
+        return Err(FieldViolation::new("count", format!("must be between 1 and {MAX_COUNT}")));
+    }
+    for (i, candidate) in request.candidates.iter().enumerate() {
+        self::candidate(candidate).map_err(|v| v.within(format!("candidates[{i}]")))?;
+    }
+    Ok(())
+}
+
+fn candidate(candidate: &Candidate) -> Result<(), FieldViolation> {
+    id("item_id", &candidate.item_id)?;
+    for (j, skill) in candidate.skill_ids.iter().enumerate() {
+        id(&format!("skill_ids[{j}]"), skill)?;
+    }
+    range("initial_difficulty", candidate.initial_difficulty, -6.0, 6.0)?;
+    if candidate.choice_count > 10 {
+        return Err(FieldViolation::new("choice_count", "must be at most 10"));
+    }
+    if let Some(m) = &candidate.memory {
+        memory("memory", m)?;
+        if candidate.last_review_time.is_none() {
+            return Err(FieldViolation::new("last_review_time", "is required with memory"));
+        }
+    }
+    Ok(())
+}
+
+pub fn apply_request(request: &ApplyAttemptRequest) -> Result<Rating, FieldViolation> {
+    id("attempt_id", &request.attempt_id)?;
+    id("learner_id", &request.learner_id)?;
+    id("item_id", &request.item_id)?;
+    if request.skill_ids.len() > 20 {
+        return Err(FieldViolation::new("skill_ids", "must have at most 20 entries"));
+    }
+    for (j, skill) in request.skill_ids.iter().enumerate() {
+        id(&format!("skill_ids[{j}]"), skill)?;
+    }
+    range("initial_difficulty", request.initial_difficulty, -6.0, 6.0)?;
+    if request.choice_count > 10 {
+        return Err(FieldViolation::new("choice_count", "must be at most 10"));
+    }
+    if let Some(m) = &request.prior_memory {
+        memory("prior_memory", m)?;
+        if request.last_review_time.is_none() {
+            return Err(FieldViolation::new("last_review_time", "is required with prior_memory"));
+        }
+    }
+    if request.answer_time.is_none() {
+        return Err(FieldViolation::new("answer_time", "is required"));
+    }
+    match Rating::try_from(request.rating) {
+        Ok(Rating::Unspecified) => Ok(if request.correct { Rating::Good } else { Rating::Again }),
+        Ok(rating) => Ok(rating),
+        Err(_) => Err(FieldViolation::new("rating", "must be AGAIN, HARD, GOOD or EASY")),
+    }
+}
+
+pub fn recall_query(i: usize, query: &RecallQuery) -> Result<(), FieldViolation> {
+    let at = |f: &str| format!("queries[{i}].{f}");
+    id(&at("item_id"), &query.item_id)?;
+    let m = query.memory.as_ref().ok_or_else(|| FieldViolation::new(at("memory"), "is required"))?;
+    memory(&at("memory"), m)?;
+    if query.last_review_time.is_none() {
+        return Err(FieldViolation::new(at("last_review_time"), "is required"));
+    }
+    Ok(())
+}

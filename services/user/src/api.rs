@@ -1,0 +1,148 @@
+//! The gRPC surface of the user service.
+
+use alp_proto::content::v1::content_service_client::ContentServiceClient;
+use alp_proto::content::v1::GetCourseRequest;
+use alp_proto::user::v1::user_service_server::UserService;
+use alp_proto::user::v1::*;
+use alp_runtime::page;
+use alp_runtime::validate::{id, page_size};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+
+use crate::error::UserError;
+use crate::store::UserStore;
+use crate::validate;
+
+#[derive(Debug, Clone)]
+pub struct UserApi {
+    store: UserStore,
+    content: ContentServiceClient<Channel>,
+}
+
+impl UserApi {
+    pub fn new(store: UserStore, content: Channel) -> Self {
+        Self { store, content: ContentServiceClient::new(content) }
+    }
+
+    async fn learner(&self, learner_id: &str) -> std::result::Result<Learner, UserError> {
+        self.store.get_learner(learner_id).await?.ok_or_else(|| UserError::not_found("learner", learner_id))
+    }
+}
+
+type RpcResult<T> = std::result::Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl UserService for UserApi {
+    async fn create_learner(&self, request: Request<CreateLearnerRequest>) -> RpcResult<CreateLearnerResponse> {
+        let request = request.into_inner();
+        let learner = validate::new_learner(request.learner.as_ref()).map_err(UserError::from)?;
+        let learner = self.store.create_learner(&learner).await?;
+        Ok(Response::new(CreateLearnerResponse { learner: Some(learner) }))
+    }
+
+    async fn get_learner(&self, request: Request<GetLearnerRequest>) -> RpcResult<GetLearnerResponse> {
+        let request = request.into_inner();
+        id("learner_id", &request.learner_id).map_err(UserError::from)?;
+        let learner = self.learner(&request.learner_id).await?;
+        Ok(Response::new(GetLearnerResponse { learner: Some(learner) }))
+    }
+
+    async fn batch_get_learners(&self, request: Request<BatchGetLearnersRequest>) -> RpcResult<BatchGetLearnersResponse> {
+        let request = request.into_inner();
+        validate::learner_ids("learner_ids", &request.learner_ids).map_err(UserError::from)?;
+        let mut unique = request.learner_ids.clone();
+        unique.sort();
+        unique.dedup();
+        let mut learners = self.store.get_learners(&unique).await.map_err(UserError::from)?;
+        learners.sort_by(|a, b| a.learner_id.cmp(&b.learner_id));
+        let missing_learner_ids = unique
+            .into_iter()
+            .filter(|id| learners.binary_search_by(|l| l.learner_id.as_str().cmp(id)).is_err())
+            .collect();
+        Ok(Response::new(BatchGetLearnersResponse { learners, missing_learner_ids }))
+    }
+
+    async fn update_learner(&self, request: Request<UpdateLearnerRequest>) -> RpcResult<UpdateLearnerResponse> {
+        let request = request.into_inner();
+        let learner = request.learner.ok_or_else(|| UserError::from(alp_runtime::FieldViolation::new("learner", "is required")))?;
+        id("learner.learner_id", &learner.learner_id).map_err(UserError::from)?;
+        let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
+        let changes = validate::changes(&learner, &paths).map_err(UserError::from)?;
+        let updated = self
+            .store
+            .update_learner(&learner.learner_id, &changes)
+            .await
+            .map_err(UserError::from)?
+            .ok_or_else(|| UserError::not_found("learner", &learner.learner_id))?;
+        Ok(Response::new(UpdateLearnerResponse { learner: Some(updated) }))
+    }
+
+    async fn delete_learner(&self, request: Request<DeleteLearnerRequest>) -> RpcResult<DeleteLearnerResponse> {
+        let request = request.into_inner();
+        id("learner_id", &request.learner_id).map_err(UserError::from)?;
+        if !self.store.delete_learner(&request.learner_id).await.map_err(UserError::from)? {
+            return Err(UserError::not_found("learner", &request.learner_id).into());
+        }
+        Ok(Response::new(DeleteLearnerResponse {}))
+    }
+
+    async fn list_learners(&self, request: Request<ListLearnersRequest>) -> RpcResult<ListLearnersResponse> {
+        let request = request.into_inner();
+        let limit = page_size("page_size", request.page_size, 100, 1000).map_err(UserError::from)?;
+        let after = page::decode("page_token", &request.page_token).map_err(UserError::from)?.unwrap_or_default();
+        let learners = self.store.list_learners(&after, limit).await.map_err(UserError::from)?;
+        let next_page_token = match learners.last() {
+            Some(last) if learners.len() == limit as usize => page::encode(&last.learner_id),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListLearnersResponse { learners, next_page_token }))
+    }
+
+    async fn enrol_learner(&self, request: Request<EnrolLearnerRequest>) -> RpcResult<EnrolLearnerResponse> {
+        let request = request.into_inner();
+        id("learner_id", &request.learner_id).map_err(UserError::from)?;
+        id("course_id", &request.course_id).map_err(UserError::from)?;
+        self.learner(&request.learner_id).await?;
+        let course = self
+            .content
+            .clone()
+            .get_course(GetCourseRequest { course_id: request.course_id.clone() })
+            .await;
+        match course {
+            Ok(_) => {}
+            Err(status) if status.code() == Code::NotFound => {
+                return Err(UserError::not_found("course", &request.course_id).into());
+            }
+            Err(status) => return Err(UserError::Content(status).into()),
+        }
+        let (enrolment, already_enrolled) = self.store.enrol(&request.learner_id, &request.course_id).await?;
+        Ok(Response::new(EnrolLearnerResponse { enrolment: Some(enrolment), already_enrolled }))
+    }
+
+    async fn get_progress(&self, request: Request<GetProgressRequest>) -> RpcResult<GetProgressResponse> {
+        let request = request.into_inner();
+        id("learner_id", &request.learner_id).map_err(UserError::from)?;
+        alp_runtime::validate::optional_id("course_id", &request.course_id).map_err(UserError::from)?;
+        let learner = self.learner(&request.learner_id).await?;
+        if !request.course_id.is_empty() && !learner.enrolments.iter().any(|e| e.course_id == request.course_id) {
+            return Err(UserError::NotFound {
+                entity: "enrolment",
+                id: format!("{}/{}", request.learner_id, request.course_id),
+            }
+            .into());
+        }
+        let courses = self.store.progress(&request.learner_id, &request.course_id).await.map_err(UserError::from)?;
+        Ok(Response::new(GetProgressResponse { learner_id: request.learner_id, courses }))
+    }
+
+    async fn record_progress(&self, request: Request<RecordProgressRequest>) -> RpcResult<RecordProgressResponse> {
+        let request = request.into_inner();
+        validate::events(&request.events).map_err(UserError::from)?;
+        let outcome = self.store.record_progress(&request.events).await.map_err(UserError::from)?;
+        Ok(Response::new(RecordProgressResponse {
+            applied_count: outcome.applied,
+            duplicate_count: outcome.duplicates,
+            unknown_learner_count: outcome.unknown_learners,
+        }))
+    }
+}

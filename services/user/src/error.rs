@@ -1,0 +1,47 @@
+//! The user service's errors and their gRPC status.
+
+use alp_runtime::{ErrorKind, FieldViolation, ServiceError, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("{0}")]
+    InvalidArgument(#[from] FieldViolation),
+    #[error("{entity} {id:?} not found")]
+    NotFound { entity: &'static str, id: String },
+    #[error("{entity} {id:?} already exists")]
+    AlreadyExists { entity: &'static str, id: String },
+    #[error("content service: {0}")]
+    Content(tonic::Status),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl UserError {
+    pub fn not_found(entity: &'static str, id: impl Into<String>) -> Self {
+        UserError::NotFound { entity, id: id.into() }
+    }
+}
+
+impl ServiceError for UserError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            UserError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            UserError::NotFound { .. } => ErrorKind::NotFound,
+            UserError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            UserError::Content(status) => match status.code() {
+                tonic::Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::ResourceExhausted => {
+                    ErrorKind::Unavailable
+                }
+                _ => ErrorKind::Internal,
+            },
+            UserError::Store(err) => err.kind(),
+        }
+    }
+}
+
+impl From<UserError> for tonic::Status {
+    fn from(err: UserError) -> Self {
+        alp_runtime::error::to_status(&err)
+    }
+}

@@ -1,0 +1,64 @@
+//! The user service: learners, enrolments and progress aggregates.
+
+mod api;
+mod error;
+mod store;
+mod validate;
+
+use std::future::Future;
+
+use alp_proto::user::v1::user_service_server::UserServiceServer;
+use alp_runtime::clients::{lazy_channel, ChannelConfig};
+use alp_runtime::db::{Database, DatabaseConfig, MigrationStep, PoolDefaults};
+use alp_runtime::server::{self, Readiness, ServeError, ServerConfig};
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+pub use api::UserApi;
+pub use error::UserError;
+pub use store::{LearnerChanges, RecordOutcome, UserStore};
+
+pub const SERVICE_NAME: &str = "alp.user.v1.UserService";
+
+/// DESIGN.md §1: 75 open / 15 idle per pod.
+pub const POOL_DEFAULTS: PoolDefaults = PoolDefaults { max_connections: 75, min_connections: 15 };
+
+pub const MIGRATIONS: &[MigrationStep] = &[MigrationStep {
+    version: 1,
+    description: "user",
+    postgres: include_str!("../migrations/postgres/0001_user.sql"),
+    sqlite: include_str!("../migrations/sqlite/0001_user.sql"),
+}];
+
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    /// The content service, asked whether a course exists on enrolment.
+    pub content_address: String,
+    pub channel: ChannelConfig,
+}
+
+pub async fn serve(config: UserConfig, listener: TcpListener) -> Result<(), ServeError> {
+    serve_with_shutdown(config, listener, alp_runtime::shutdown::signal()).await
+}
+
+/// Runs the user service until `shutdown` resolves, then drains. Readiness follows the database
+/// only: an unavailable content service fails enrolments, not the rest.
+pub async fn serve_with_shutdown(
+    config: UserConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let content = lazy_channel("content", &config.content_address, config.channel)
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
+    let db = Database::connect(&config.database).await?;
+    db.ensure_migrated("user", MIGRATIONS).await?;
+    let api = UserApi::new(UserStore::new(db.clone()), content);
+    let routes =
+        Routes::new(UserServiceServer::new(api).max_decoding_message_size(config.server.max_message_bytes));
+    let readiness = Readiness::new().with_database(db.clone());
+    let result = server::run(SERVICE_NAME, routes, &config.server, listener, readiness, shutdown).await;
+    db.close().await;
+    result
+}
