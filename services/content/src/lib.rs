@@ -7,7 +7,7 @@ mod validate;
 
 use std::future::Future;
 
-use alp_proto::content::v1::content_service_server::ContentServiceServer;
+use alp_proto::content::v1::content_service_server::{self, ContentServiceServer};
 use alp_runtime::db::{Database, DatabaseConfig, MigrationStep, PoolDefaults};
 use alp_runtime::server::{self, Readiness, ServeError, ServerConfig};
 use tokio::net::TcpListener;
@@ -18,7 +18,7 @@ pub use error::ContentError;
 pub use store::{ContentStore, SearchQuery};
 
 /// The health entry and the proto service name.
-pub const SERVICE_NAME: &str = "alp.content.v1.ContentService";
+pub const SERVICE_NAME: &str = content_service_server::SERVICE_NAME;
 
 /// Content is read-heavy and mostly cacheable: 50 / 10 per pod covers 4-6 pods within a
 /// PostgreSQL's default 100-connection budget alongside a read replica.

@@ -8,7 +8,7 @@ mod validate;
 
 use std::future::Future;
 
-use alp_proto::scoring::v1::scoring_service_server::ScoringServiceServer;
+use alp_proto::scoring::v1::scoring_service_server::{self, ScoringServiceServer};
 use alp_runtime::db::{Database, DatabaseConfig, MigrationStep, PoolDefaults};
 use alp_runtime::server::{self, Readiness, ServeError, ServerConfig};
 use tokio::net::TcpListener;
@@ -18,7 +18,7 @@ pub use api::ScoringApi;
 pub use error::ScoringError;
 pub use store::ScoringStore;
 
-pub const SERVICE_NAME: &str = "alp.scoring.v1.ScoringService";
+pub const SERVICE_NAME: &str = scoring_service_server::SERVICE_NAME;
 
 /// Scoring is CPU-bound and reads a learner's model once per request: 40 / 8 per pod leaves
 /// room for 4-6 pods on one PostgreSQL.

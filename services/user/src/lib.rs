@@ -7,7 +7,7 @@ mod validate;
 
 use std::future::Future;
 
-use alp_proto::user::v1::user_service_server::UserServiceServer;
+use alp_proto::user::v1::user_service_server::{self, UserServiceServer};
 use alp_runtime::clients::{lazy_channel, ChannelConfig};
 use alp_runtime::db::{Database, DatabaseConfig, MigrationStep, PoolDefaults};
 use alp_runtime::server::{self, Readiness, ServeError, ServerConfig};
@@ -18,7 +18,7 @@ pub use api::UserApi;
 pub use error::UserError;
 pub use store::{LearnerChanges, RecordOutcome, UserStore};
 
-pub const SERVICE_NAME: &str = "alp.user.v1.UserService";
+pub const SERVICE_NAME: &str = user_service_server::SERVICE_NAME;
 
 /// DESIGN.md §1: 75 open / 15 idle per pod.
 pub const POOL_DEFAULTS: PoolDefaults = PoolDefaults { max_connections: 75, min_connections: 15 };

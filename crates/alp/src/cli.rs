@@ -1,0 +1,201 @@
+//! The command line: `alp dev`, `alp serve <service>`, `alp migrate <service>`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use alp_runtime::clients::{lazy_channel, ChannelConfig};
+use alp_runtime::db::{Database, DatabaseArgs};
+use alp_runtime::logging::LogArgs;
+use alp_runtime::server::{ServerArgs, ServerConfig};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::suite::{self, Databases, Listeners, Service};
+
+#[derive(Debug, Parser)]
+#[command(name = "alp", version, about = "ALP, the Adaptive Learning Platform: four gRPC services in one binary")]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs all four services in one process with embedded SQLite storage and a demo course.
+    Dev(DevArgs),
+    /// Runs one service (production: PostgreSQL, migrations applied beforehand).
+    Serve(ServeArgs),
+    /// Applies a service's database migrations.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Directory of the SQLite databases, created when missing.
+    #[arg(long, env = "ALP_DATA_DIR", default_value = "alp-data")]
+    pub data_dir: PathBuf,
+    /// Address the services listen on (ports 50051-50054).
+    #[arg(long, env = "ALP_HOST", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub host: IpAddr,
+    /// Port of the Prometheus /metrics endpoint; 0 turns it off.
+    #[arg(long, env = "ALP_METRICS_PORT", default_value_t = 9464)]
+    pub metrics_port: u16,
+    /// Do not create the demo course.
+    #[arg(long)]
+    pub no_seed: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    pub service: Service,
+    /// gRPC listen address; 127.0.0.1 and the service's port by default
+    /// (scheduler 50051, user 50052, content 50053, scoring 50054).
+    #[arg(long, env = "ALP_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Prometheus /metrics listen address.
+    #[arg(long, env = "ALP_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Content service address (user, scheduler).
+    #[arg(long, env = "ALP_CONTENT_ADDR", default_value = "http://127.0.0.1:50053")]
+    pub content_addr: String,
+    /// Scoring service address (scheduler).
+    #[arg(long, env = "ALP_SCORING_ADDR", default_value = "http://127.0.0.1:50054")]
+    pub scoring_addr: String,
+    /// User service address (scheduler).
+    #[arg(long, env = "ALP_USER_ADDR", default_value = "http://127.0.0.1:50052")]
+    pub user_addr: String,
+    /// Upper bound of any call to another service.
+    #[arg(long, env = "ALP_DOWNSTREAM_TIMEOUT", default_value = "2s", value_parser = alp_runtime::time::parse_duration)]
+    pub downstream_timeout: Duration,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    pub service: Service,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(args) => dev(args).await,
+        Command::Serve(args) => serve(args).await,
+        Command::Migrate(args) => migrate(args).await,
+    }
+}
+
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let databases = Databases::sqlite(&args.data_dir);
+    suite::migrate(&databases).await?;
+    let listeners = Listeners::bind(args.host, Service::default_port).await?;
+    let addresses = listeners.addresses()?;
+    let stop = CancellationToken::new();
+    if args.metrics_port != 0 {
+        let address = SocketAddr::new(args.host, args.metrics_port);
+        match TcpListener::bind(address).await {
+            Ok(listener) => {
+                let stop = stop.clone();
+                tokio::spawn(async move { alp_runtime::metrics::serve(listener, stop.cancelled_owned()).await });
+                tracing::info!("metrics on http://{address}/metrics");
+            }
+            Err(err) => tracing::warn!(%address, error = %err, "metrics endpoint not started"),
+        }
+    }
+    if !args.no_seed {
+        let channel = lazy_channel("content", &format!("http://{}", addresses.content), ChannelConfig::default())?;
+        tokio::spawn(async move {
+            // The content service starts beside us; give it a moment to listen.
+            for _ in 0..50 {
+                match crate::seed::demo_course(channel.clone()).await {
+                    Ok(created) => {
+                        tracing::info!(course = crate::seed::DEMO_COURSE, created, "demo course ready");
+                        return;
+                    }
+                    Err(status) if status.code() == tonic::Code::Unavailable => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(status) => {
+                        tracing::error!(error = %status.message(), "seeding the demo course failed");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    tracing::info!(
+        scheduler = %addresses.scheduler,
+        user = %addresses.user,
+        content = %addresses.content,
+        scoring = %addresses.scoring,
+        data_dir = %args.data_dir.display(),
+        "ALP dev suite starting; Ctrl-C stops it"
+    );
+    let server = ServerConfig { drain_delay: Duration::ZERO, ..ServerConfig::default() };
+    let result = suite::run(listeners, databases, server, alp_runtime::shutdown::signal()).await;
+    stop.cancel();
+    result
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let service = args.service;
+    let database = args.database.resolve(service.name(), service.pool_defaults())?;
+    let server = ServerConfig::from(&args.server);
+    let channel = ChannelConfig { request_timeout: args.downstream_timeout, ..ChannelConfig::default() };
+    let address = args.listen.unwrap_or_else(|| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), service.default_port()));
+    let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
+    let stop = CancellationToken::new();
+    if let Some(metrics) = args.metrics_listen {
+        let metrics_listener =
+            TcpListener::bind(metrics).await.with_context(|| format!("cannot listen on {metrics} for metrics"))?;
+        let stop = stop.clone();
+        tokio::spawn(async move { alp_runtime::metrics::serve(metrics_listener, stop.cancelled_owned()).await });
+    }
+    let result = match service {
+        Service::Content => alp_content::serve(alp_content::ContentConfig { server, database }, listener).await,
+        Service::User => {
+            alp_user::serve(
+                alp_user::UserConfig { server, database, content_address: args.content_addr, channel },
+                listener,
+            )
+            .await
+        }
+        Service::Scoring => alp_scoring::serve(alp_scoring::ScoringConfig { server, database }, listener).await,
+        Service::Scheduler => {
+            alp_scheduler::serve(
+                alp_scheduler::SchedulerConfig {
+                    server,
+                    database,
+                    content_address: args.content_addr,
+                    scoring_address: args.scoring_addr,
+                    user_address: args.user_addr,
+                    channel,
+                },
+                listener,
+            )
+            .await
+        }
+    };
+    stop.cancel();
+    result.map_err(Into::into)
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let service = args.service;
+    let mut database = args.database.resolve(service.name(), service.pool_defaults())?;
+    database.max_connections = 1;
+    database.min_connections = 0;
+    let db = Database::connect(&database).await?;
+    db.migrate(service.migrations()).await?;
+    db.close().await;
+    tracing::info!(service = service.name(), "migrations applied");
+    Ok(())
+}

@@ -1,0 +1,417 @@
+//! The gRPC surface of the scheduler: the two hot paths (NextItems, SubmitAttempt), due items
+//! and the attempt export.
+
+use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
+
+use alp_proto::common::v1::{Mode, Rating, Reason};
+use alp_proto::content::v1::Item;
+use alp_proto::scheduler::v1::scheduler_service_server::SchedulerService;
+use alp_proto::scheduler::v1::submit_attempt_request::Outcome;
+use alp_proto::scheduler::v1::*;
+use alp_proto::scoring::v1::{ApplyAttemptRequest, Candidate, ScoreCandidatesRequest, ScoredItem};
+use alp_proto::user::v1::ProgressEvent;
+use alp_runtime::page;
+use alp_runtime::time::{duration, millis, now_millis, timestamp};
+use alp_runtime::validate::{id, optional_id, page_size};
+use alp_runtime::FieldViolation;
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::downstream::{Downstream, LearnerProfile};
+use crate::error::SchedulerError;
+use crate::outbox::OutboxRelay;
+use crate::store::{AttemptRow, ExportFilter, MemoryRow, SchedulerStore};
+
+const DEFAULT_RETENTION: f64 = 0.90;
+const MAX_NEXT_ITEMS: u32 = 50;
+const MAX_REVIEW_CANDIDATES: usize = 500;
+/// How far ahead of the server clock a client's answer time may be.
+const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+const MAX_RESPONSE_MS: i64 = 60 * 60 * 1000;
+
+#[derive(Debug, Clone)]
+pub struct SchedulerApi {
+    store: SchedulerStore,
+    downstream: Downstream,
+    outbox: OutboxRelay,
+}
+
+impl SchedulerApi {
+    pub fn new(store: SchedulerStore, downstream: Downstream, outbox: OutboxRelay) -> Self {
+        Self { store, downstream, outbox }
+    }
+
+    /// Desired retention of a learner enrolled in `course_id`; defaults when the user service
+    /// cannot say.
+    async fn enrolled_retention(&self, learner_id: &str, course_id: &str) -> Result<f64, SchedulerError> {
+        match self.downstream.learner(learner_id).await? {
+            LearnerProfile::Known(learner) => {
+                if !learner.enrolments.iter().any(|e| e.course_id == course_id) {
+                    return Err(SchedulerError::FailedPrecondition(format!(
+                        "learner {learner_id:?} is not enrolled in course {course_id:?}; call EnrolLearner first"
+                    )));
+                }
+                Ok(if learner.desired_retention > 0.0 { learner.desired_retention } else { DEFAULT_RETENTION })
+            }
+            LearnerProfile::Unknown => Ok(DEFAULT_RETENTION),
+        }
+    }
+}
+
+type RpcResult<T> = Result<Response<T>, Status>;
+
+fn mode(value: i32) -> Result<Mode, FieldViolation> {
+    match Mode::try_from(value) {
+        Ok(Mode::Unspecified) => Ok(Mode::Practice),
+        Ok(mode) => Ok(mode),
+        Err(_) => Err(FieldViolation::new("mode", "must be PRACTICE, REVIEW or MOCK_TEST")),
+    }
+}
+
+fn choice_count(item: &Item) -> u32 {
+    u32::try_from(item.choices.len()).unwrap_or(0)
+}
+
+fn candidate(item: &Item, memory: Option<&MemoryRow>) -> Candidate {
+    Candidate {
+        item_id: item.item_id.clone(),
+        skill_ids: item.skill_ids.clone(),
+        initial_difficulty: item.difficulty,
+        choice_count: choice_count(item),
+        memory: memory.map(MemoryRow::memory),
+        last_review_time: memory.map(|m| timestamp(m.last_review_ms)),
+        due_time: memory.map(|m| timestamp(m.due_ms)),
+        last_rating: memory.map_or(0, |m| m.last_rating),
+    }
+}
+
+/// When scoring is unavailable: due reviews soonest first, then new items in course order.
+fn fallback_ranking(candidates: &[Candidate], mode: Mode, count: usize, now: i64) -> Vec<ScoredItem> {
+    let due_ms = |c: &Candidate| c.due_time.as_ref().map(|t| t.seconds * 1000);
+    let mut due: Vec<&Candidate> = candidates.iter().filter(|c| due_ms(c).is_some_and(|d| d <= now)).collect();
+    due.sort_by_key(|c| due_ms(c));
+    let fresh = candidates.iter().filter(|c| c.memory.is_none());
+    let picked: Vec<(&Candidate, Reason)> = match mode {
+        Mode::Review => due.into_iter().map(|c| (c, Reason::DueReview)).collect(),
+        Mode::MockTest => fresh.map(|c| (c, Reason::MockTest)).collect(),
+        _ => due.into_iter().map(|c| (c, Reason::DueReview)).chain(fresh.map(|c| (c, Reason::New))).collect(),
+    };
+    picked
+        .into_iter()
+        .take(count)
+        .enumerate()
+        .map(|(rank, (c, reason))| ScoredItem {
+            item_id: c.item_id.clone(),
+            reason: reason as i32,
+            score: -(rank as f64),
+            predicted_recall: 0.0,
+            predicted_success: 0.0,
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl SchedulerService for SchedulerApi {
+    async fn next_items(&self, request: Request<NextItemsRequest>) -> RpcResult<NextItemsResponse> {
+        let request = request.into_inner();
+        id("learner_id", &request.learner_id).map_err(SchedulerError::from)?;
+        id("course_id", &request.course_id).map_err(SchedulerError::from)?;
+        let count = match request.count {
+            0 => 10,
+            n if n > MAX_NEXT_ITEMS => {
+                return Err(SchedulerError::from(FieldViolation::new(
+                    "count",
+                    format!("must be at most {MAX_NEXT_ITEMS}"),
+                ))
+                .into());
+            }
+            n => n,
+        };
+        let mode = mode(request.mode).map_err(SchedulerError::from)?;
+        let retention = self.enrolled_retention(&request.learner_id, &request.course_id).await?;
+        let now = now_millis();
+
+        let states = self.store.memory_states(&request.learner_id, &request.course_id).await.map_err(SchedulerError::from)?;
+        let seen: HashSet<String> = states.iter().map(|s| s.item_id.clone()).collect();
+        let want_new = if mode == Mode::Review { 0 } else { (count as usize * 5).max(50) };
+        let unseen = if want_new > 0 {
+            self.downstream.unseen_items(&request.course_id, &seen, want_new).await?
+        } else {
+            Vec::new()
+        };
+        let review_ids: Vec<String> =
+            states.iter().take(MAX_REVIEW_CANDIDATES).map(|s| s.item_id.clone()).collect();
+        let reviewed: Vec<Item> =
+            self.downstream.items(&review_ids).await?.into_iter().filter(|i| !i.retired).collect();
+        let memory: HashMap<&str, &MemoryRow> = states.iter().map(|s| (s.item_id.as_str(), s)).collect();
+
+        let mut items: HashMap<String, Item> = HashMap::new();
+        let mut candidates = Vec::with_capacity(reviewed.len() + unseen.len());
+        for item in reviewed.into_iter().chain(unseen) {
+            candidates.push(candidate(&item, memory.get(item.item_id.as_str()).copied()));
+            items.insert(item.item_id.clone(), item);
+        }
+        if candidates.is_empty() {
+            return Ok(Response::new(NextItemsResponse::default()));
+        }
+
+        let scored = self
+            .downstream
+            .scoring
+            .clone()
+            .score_candidates(ScoreCandidatesRequest {
+                learner_id: request.learner_id.clone(),
+                candidates: candidates.clone(),
+                mode: mode as i32,
+                count,
+                desired_retention: retention,
+                now: Some(timestamp(now)),
+            })
+            .await;
+        let (ranked, degraded_reason) = match scored {
+            Ok(response) => (response.into_inner().items, String::new()),
+            Err(status) => {
+                tracing::warn!(error = %status.message(), code = ?status.code(), "scoring unavailable; local fallback ranking");
+                (
+                    fallback_ranking(&candidates, mode, count as usize, now),
+                    format!("scoring unavailable ({}); fallback ordering", alp_runtime::metrics::code_name(status.code())),
+                )
+            }
+        };
+        let next = ranked
+            .into_iter()
+            .filter_map(|scored| {
+                let item = items.get(&scored.item_id)?;
+                Some(NextItem {
+                    item_id: scored.item_id.clone(),
+                    reason: scored.reason,
+                    score: scored.score,
+                    predicted_recall: scored.predicted_recall,
+                    predicted_success: scored.predicted_success,
+                    due_time: memory.get(scored.item_id.as_str()).map(|m| timestamp(m.due_ms)),
+                    kind: item.kind,
+                    prompt: item.prompt.clone(),
+                    choices: item.choices.clone(),
+                    skill_ids: item.skill_ids.clone(),
+                })
+            })
+            .collect();
+        Ok(Response::new(NextItemsResponse {
+            items: next,
+            degraded: !degraded_reason.is_empty(),
+            degraded_reason,
+        }))
+    }
+
+    async fn submit_attempt(&self, request: Request<SubmitAttemptRequest>) -> RpcResult<SubmitAttemptResponse> {
+        let request = request.into_inner();
+        id("attempt_id", &request.attempt_id).map_err(SchedulerError::from)?;
+        id("learner_id", &request.learner_id).map_err(SchedulerError::from)?;
+        id("item_id", &request.item_id).map_err(SchedulerError::from)?;
+        let (rating, correct) = match request.outcome {
+            Some(Outcome::Rating(value)) => match Rating::try_from(value) {
+                Ok(Rating::Unspecified) | Err(_) => {
+                    return Err(SchedulerError::from(FieldViolation::new("rating", "must be AGAIN, HARD, GOOD or EASY")).into());
+                }
+                Ok(rating) => (rating, rating != Rating::Again),
+            },
+            Some(Outcome::Correct(true)) => (Rating::Good, true),
+            Some(Outcome::Correct(false)) => (Rating::Again, false),
+            None => {
+                return Err(SchedulerError::from(FieldViolation::new("outcome", "set exactly one of rating or correct")).into());
+            }
+        };
+        let response_ms = match &request.response_time {
+            Some(d) => alp_runtime::time::duration_millis("response_time", d).map_err(SchedulerError::from)?,
+            None => 0,
+        };
+        if response_ms > MAX_RESPONSE_MS {
+            return Err(SchedulerError::from(FieldViolation::new("response_time", "must be at most 1h")).into());
+        }
+        let now = now_millis();
+        let answer_ms = match &request.answer_time {
+            Some(t) => millis("answer_time", t).map_err(SchedulerError::from)?,
+            None => now,
+        };
+        if answer_ms > now + MAX_CLOCK_SKEW_MS {
+            return Err(SchedulerError::from(FieldViolation::new("answer_time", "must not be more than 5 minutes in the future")).into());
+        }
+
+        // Fast path for a retry: the first answer, marked duplicate.
+        if let Some(existing) = self.store.attempt(&request.attempt_id).await.map_err(SchedulerError::from)? {
+            return duplicate(existing, &request);
+        }
+
+        let item = self.downstream.item(&request.item_id).await?;
+        let retention = self.enrolled_retention(&request.learner_id, &item.course_id).await?;
+        let prior = self.store.memory_state(&request.learner_id, &request.item_id).await.map_err(SchedulerError::from)?;
+        let applied = self
+            .downstream
+            .scoring
+            .clone()
+            .apply_attempt(ApplyAttemptRequest {
+                attempt_id: request.attempt_id.clone(),
+                learner_id: request.learner_id.clone(),
+                item_id: request.item_id.clone(),
+                skill_ids: item.skill_ids.clone(),
+                initial_difficulty: item.difficulty,
+                choice_count: choice_count(&item),
+                rating: rating as i32,
+                correct,
+                prior_memory: prior.as_ref().map(MemoryRow::memory),
+                last_review_time: prior.as_ref().map(|p| timestamp(p.last_review_ms)),
+                answer_time: Some(timestamp(answer_ms)),
+                response_time: Some(duration(response_ms)),
+                desired_retention: retention,
+            })
+            .await
+            .map_err(|s| SchedulerError::downstream("scoring", &s))?
+            .into_inner();
+        let memory = applied.memory.unwrap_or_default();
+        let due_ms = applied.due_time.as_ref().map_or(answer_ms, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000));
+
+        let attempt = AttemptRow {
+            attempt_id: request.attempt_id.clone(),
+            learner_id: request.learner_id.clone(),
+            course_id: item.course_id.clone(),
+            item_id: request.item_id.clone(),
+            rating: rating as i32,
+            correct,
+            response_ms,
+            answer_ms,
+            record_ms: now,
+            stability: memory.stability,
+            difficulty: memory.difficulty,
+            due_ms,
+            predicted_recall: applied.predicted_recall,
+            predicted_success: applied.predicted_success,
+        };
+        let state = MemoryRow {
+            item_id: request.item_id.clone(),
+            course_id: item.course_id.clone(),
+            stability: memory.stability,
+            difficulty: memory.difficulty,
+            last_review_ms: answer_ms,
+            due_ms,
+            last_rating: rating as i32,
+            review_count: 1,
+            lapse_count: i64::from(rating == Rating::Again && prior.is_some()),
+        };
+        let event = ProgressEvent {
+            attempt_id: request.attempt_id.clone(),
+            learner_id: request.learner_id.clone(),
+            course_id: item.course_id.clone(),
+            item_id: request.item_id.clone(),
+            skill_ids: item.skill_ids.clone(),
+            correct,
+            first_attempt: prior.is_none(),
+            answer_time: Some(timestamp(answer_ms)),
+        };
+        if !self.store.record(&attempt, &state, &event).await.map_err(SchedulerError::from)? {
+            // A concurrent call with the same attempt id committed first.
+            let existing = self
+                .store
+                .attempt(&request.attempt_id)
+                .await
+                .map_err(SchedulerError::from)?
+                .ok_or_else(|| SchedulerError::FailedPrecondition("attempt vanished; retry".to_owned()))?;
+            return duplicate(existing, &request);
+        }
+        self.outbox.wake();
+        Ok(Response::new(SubmitAttemptResponse { attempt: Some(attempt.to_proto()), duplicate: false }))
+    }
+
+    async fn list_due_items(&self, request: Request<ListDueItemsRequest>) -> RpcResult<ListDueItemsResponse> {
+        let request = request.into_inner();
+        id("learner_id", &request.learner_id).map_err(SchedulerError::from)?;
+        optional_id("course_id", &request.course_id).map_err(SchedulerError::from)?;
+        let limit = page_size("page_size", request.page_size, 100, 1000).map_err(SchedulerError::from)?;
+        let due_before = match &request.due_before {
+            Some(t) => millis("due_before", t).map_err(SchedulerError::from)?,
+            None => now_millis(),
+        };
+        let after = match page::decode("page_token", &request.page_token).map_err(SchedulerError::from)? {
+            None => None,
+            Some(position) => {
+                let invalid = || SchedulerError::from(FieldViolation::new("page_token", "is not a token returned by this API"));
+                let (due, item) = position.split_once('|').ok_or_else(invalid)?;
+                Some((due.parse::<i64>().map_err(|_| invalid())?, item.to_owned()))
+            }
+        };
+        let rows = self
+            .store
+            .due_items(&request.learner_id, &request.course_id, due_before, after, limit)
+            .await
+            .map_err(SchedulerError::from)?;
+        let next_page_token = match rows.last() {
+            Some(last) if rows.len() == limit as usize => page::encode(&format!("{}|{}", last.due_ms, last.item_id)),
+            _ => String::new(),
+        };
+        let items = rows
+            .into_iter()
+            .map(|m| DueItem {
+                memory: Some(m.memory()),
+                due_time: Some(timestamp(m.due_ms)),
+                last_review_time: Some(timestamp(m.last_review_ms)),
+                last_rating: m.last_rating,
+                review_count: m.review_count,
+                item_id: m.item_id,
+                course_id: m.course_id,
+            })
+            .collect();
+        Ok(Response::new(ListDueItemsResponse { items, next_page_token }))
+    }
+
+    type ExportAttemptsStream = Pin<Box<dyn Stream<Item = Result<ExportAttemptsResponse, Status>> + Send>>;
+
+    async fn export_attempts(&self, request: Request<ExportAttemptsRequest>) -> RpcResult<Self::ExportAttemptsStream> {
+        let request = request.into_inner();
+        optional_id("learner_id", &request.learner_id).map_err(SchedulerError::from)?;
+        optional_id("course_id", &request.course_id).map_err(SchedulerError::from)?;
+        let batch = page_size("batch_size", request.batch_size, 500, 1000).map_err(SchedulerError::from)?;
+        let start_ms = match &request.start_time {
+            Some(t) => millis("start_time", t).map_err(SchedulerError::from)?,
+            None => i64::MIN,
+        };
+        let end_ms = match &request.end_time {
+            Some(t) => millis("end_time", t).map_err(SchedulerError::from)?,
+            None => i64::MAX,
+        };
+        if start_ms > end_ms {
+            return Err(SchedulerError::from(FieldViolation::new("start_time", "must not be after end_time")).into());
+        }
+        let filter = ExportFilter { learner_id: request.learner_id, course_id: request.course_id, start_ms, end_ms };
+        let store = self.store.clone();
+        let (sender, receiver) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut after = 0;
+            loop {
+                let page = match store.export(&filter, after, batch).await {
+                    Ok(page) => page,
+                    Err(err) => {
+                        let _ = sender.send(Err(Status::from(SchedulerError::from(err)))).await;
+                        return;
+                    }
+                };
+                let Some((last, _)) = page.last() else { return };
+                after = *last;
+                let full = page.len() == batch as usize;
+                let attempts = page.into_iter().map(|(_, a)| a.to_proto()).collect();
+                // A closed receiver means the caller went away: stop reading.
+                if sender.send(Ok(ExportAttemptsResponse { attempts })).await.is_err() || !full {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
+    }
+}
+
+/// The recorded answer for a retried attempt id, or a conflict when the id is reused.
+fn duplicate(existing: AttemptRow, request: &SubmitAttemptRequest) -> RpcResult<SubmitAttemptResponse> {
+    if existing.learner_id != request.learner_id || existing.item_id != request.item_id {
+        return Err(SchedulerError::AttemptConflict(request.attempt_id.clone()).into());
+    }
+    Ok(Response::new(SubmitAttemptResponse { attempt: Some(existing.to_proto()), duplicate: true }))
+}

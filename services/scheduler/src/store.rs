@@ -1,0 +1,298 @@
+//! The scheduler's own data: the attempt log, memory states and the progress outbox.
+
+use alp_proto::common::v1::MemoryState;
+use alp_proto::scheduler::v1::Attempt;
+use alp_proto::user::v1::ProgressEvent;
+use alp_runtime::db::{placeholders, Database};
+use alp_runtime::time::{duration, timestamp};
+use alp_runtime::StoreError;
+use prost::Message;
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+
+/// A learner's memory of one item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryRow {
+    pub item_id: String,
+    pub course_id: String,
+    pub stability: f64,
+    pub difficulty: f64,
+    pub last_review_ms: i64,
+    pub due_ms: i64,
+    pub last_rating: i32,
+    pub review_count: i64,
+    pub lapse_count: i64,
+}
+
+impl MemoryRow {
+    pub fn memory(&self) -> MemoryState {
+        MemoryState { stability: self.stability, difficulty: self.difficulty }
+    }
+}
+
+/// An attempt as recorded, with the plain values the row holds.
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    pub attempt_id: String,
+    pub learner_id: String,
+    pub course_id: String,
+    pub item_id: String,
+    pub rating: i32,
+    pub correct: bool,
+    pub response_ms: i64,
+    pub answer_ms: i64,
+    pub record_ms: i64,
+    pub stability: f64,
+    pub difficulty: f64,
+    pub due_ms: i64,
+    pub predicted_recall: f64,
+    pub predicted_success: f64,
+}
+
+impl AttemptRow {
+    pub fn to_proto(&self) -> Attempt {
+        Attempt {
+            attempt_id: self.attempt_id.clone(),
+            learner_id: self.learner_id.clone(),
+            course_id: self.course_id.clone(),
+            item_id: self.item_id.clone(),
+            rating: self.rating,
+            correct: self.correct,
+            response_time: Some(duration(self.response_ms)),
+            answer_time: Some(timestamp(self.answer_ms)),
+            record_time: Some(timestamp(self.record_ms)),
+            memory: Some(MemoryState { stability: self.stability, difficulty: self.difficulty }),
+            due_time: Some(timestamp(self.due_ms)),
+            predicted_recall: self.predicted_recall,
+            predicted_success: self.predicted_success,
+        }
+    }
+}
+
+/// Filters of an attempt export.
+#[derive(Debug, Clone, Default)]
+pub struct ExportFilter {
+    pub learner_id: String,
+    pub course_id: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulerStore {
+    db: Database,
+}
+
+const ATTEMPT_COLUMNS: &str = "attempt_id, learner_id, course_id, item_id, rating, correct, response_ms, answer_time, \
+     record_time, stability, difficulty, due_time, predicted_recall, predicted_success";
+const MEMORY_COLUMNS: &str =
+    "item_id, course_id, stability, difficulty, last_review_time, due_time, last_rating, review_count, lapse_count";
+
+impl SchedulerStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    pub async fn attempt(&self, attempt_id: &str) -> Result<Option<AttemptRow>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE attempt_id = $1")))
+            .bind(attempt_id)
+            .fetch_optional(self.db.pool())
+            .await?;
+        row.map(|r| attempt_from_row(&r)).transpose()
+    }
+
+    pub async fn memory_state(&self, learner_id: &str, item_id: &str) -> Result<Option<MemoryRow>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {MEMORY_COLUMNS} FROM memory_states WHERE learner_id = $1 AND item_id = $2"
+        )))
+        .bind(learner_id)
+        .bind(item_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.map(|r| memory_from_row(&r)).transpose()
+    }
+
+    /// Every item the learner has attempted in a course, soonest due first.
+    pub async fn memory_states(&self, learner_id: &str, course_id: &str) -> Result<Vec<MemoryRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {MEMORY_COLUMNS} FROM memory_states WHERE learner_id = $1 AND course_id = $2
+             ORDER BY due_time, item_id"
+        )))
+        .bind(learner_id)
+        .bind(course_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(memory_from_row).collect()
+    }
+
+    /// Items due at or before `due_before`, soonest first, after the (due, item) cursor.
+    pub async fn due_items(
+        &self,
+        learner_id: &str,
+        course_id: &str,
+        due_before: i64,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<MemoryRow>, StoreError> {
+        let (after_due, after_item) = after.unwrap_or((i64::MIN, String::new()));
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {MEMORY_COLUMNS} FROM memory_states
+             WHERE learner_id = $1 AND ($2 = '' OR course_id = $2) AND due_time <= $3
+               AND (due_time > $4 OR (due_time = $4 AND item_id > $5))
+             ORDER BY due_time, item_id LIMIT $6"
+        )))
+        .bind(learner_id)
+        .bind(course_id)
+        .bind(due_before)
+        .bind(after_due)
+        .bind(after_item)
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(memory_from_row).collect()
+    }
+
+    /// Records an attempt, the new memory state and the outbox event in one transaction.
+    /// Returns false, writing nothing, when the attempt id is already recorded.
+    pub async fn record(&self, attempt: &AttemptRow, memory: &MemoryRow, event: &ProgressEvent) -> Result<bool, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        let inserted = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+             ON CONFLICT (attempt_id) DO NOTHING"
+        )))
+        .bind(&attempt.attempt_id)
+        .bind(&attempt.learner_id)
+        .bind(&attempt.course_id)
+        .bind(&attempt.item_id)
+        .bind(i64::from(attempt.rating))
+        .bind(i64::from(attempt.correct))
+        .bind(attempt.response_ms)
+        .bind(attempt.answer_ms)
+        .bind(attempt.record_ms)
+        .bind(attempt.stability)
+        .bind(attempt.difficulty)
+        .bind(attempt.due_ms)
+        .bind(attempt.predicted_recall)
+        .bind(attempt.predicted_success)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO memory_states AS m (learner_id, {MEMORY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (learner_id, item_id) DO UPDATE SET
+                stability = excluded.stability, difficulty = excluded.difficulty,
+                last_review_time = excluded.last_review_time, due_time = excluded.due_time,
+                last_rating = excluded.last_rating, review_count = m.review_count + 1,
+                lapse_count = m.lapse_count + excluded.lapse_count"
+        )))
+        .bind(&attempt.learner_id)
+        .bind(&memory.item_id)
+        .bind(&memory.course_id)
+        .bind(memory.stability)
+        .bind(memory.difficulty)
+        .bind(memory.last_review_ms)
+        .bind(memory.due_ms)
+        .bind(i64::from(memory.last_rating))
+        .bind(memory.review_count)
+        .bind(memory.lapse_count)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO outbox (attempt_id, event, create_time) VALUES ($1, $2, $3)")
+            .bind(&attempt.attempt_id)
+            .bind(event.encode_to_vec())
+            .bind(attempt.record_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Attempts in recording order after sequence number `after_seq`.
+    pub async fn export(&self, filter: &ExportFilter, after_seq: i64, limit: u32) -> Result<Vec<(i64, AttemptRow)>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ATTEMPT_COLUMNS}, seq FROM attempts
+             WHERE seq > $1 AND ($2 = '' OR learner_id = $2) AND ($3 = '' OR course_id = $3)
+               AND record_time >= $4 AND record_time < $5
+             ORDER BY seq LIMIT $6"
+        )))
+        .bind(after_seq)
+        .bind(&filter.learner_id)
+        .bind(&filter.course_id)
+        .bind(filter.start_ms)
+        .bind(filter.end_ms)
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get::<i64, _>(14)?, attempt_from_row(r)?))).collect()
+    }
+
+    /// The oldest undelivered progress events.
+    pub async fn outbox_batch(&self, limit: u32) -> Result<Vec<(i64, ProgressEvent)>, StoreError> {
+        let rows = sqlx::query("SELECT seq, event FROM outbox ORDER BY seq LIMIT $1")
+            .bind(i64::from(limit))
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let bytes: Vec<u8> = r.try_get(1)?;
+                let event = ProgressEvent::decode(bytes.as_slice())
+                    .map_err(|e| StoreError::Corrupt(format!("outbox event: {e}")))?;
+                Ok((r.try_get(0)?, event))
+            })
+            .collect()
+    }
+
+    pub async fn outbox_delete(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let mut query =
+            sqlx::query(AssertSqlSafe(format!("DELETE FROM outbox WHERE seq IN ({})", placeholders(1, seqs.len()))));
+        for seq in seqs {
+            query = query.bind(*seq);
+        }
+        query.execute(self.db.pool()).await?;
+        Ok(())
+    }
+
+    pub async fn outbox_depth(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(self.db.pool()).await?)
+    }
+}
+
+fn attempt_from_row(r: &AnyRow) -> Result<AttemptRow, StoreError> {
+    Ok(AttemptRow {
+        attempt_id: r.try_get(0)?,
+        learner_id: r.try_get(1)?,
+        course_id: r.try_get(2)?,
+        item_id: r.try_get(3)?,
+        rating: i32::try_from(r.try_get::<i64, _>(4)?).unwrap_or_default(),
+        correct: r.try_get::<i64, _>(5)? != 0,
+        response_ms: r.try_get(6)?,
+        answer_ms: r.try_get(7)?,
+        record_ms: r.try_get(8)?,
+        stability: r.try_get(9)?,
+        difficulty: r.try_get(10)?,
+        due_ms: r.try_get(11)?,
+        predicted_recall: r.try_get(12)?,
+        predicted_success: r.try_get(13)?,
+    })
+}
+
+fn memory_from_row(r: &AnyRow) -> Result<MemoryRow, StoreError> {
+    Ok(MemoryRow {
+        item_id: r.try_get(0)?,
+        course_id: r.try_get(1)?,
+        stability: r.try_get(2)?,
+        difficulty: r.try_get(3)?,
+        last_review_ms: r.try_get(4)?,
+        due_ms: r.try_get(5)?,
+        last_rating: i32::try_from(r.try_get::<i64, _>(6)?).unwrap_or_default(),
+        review_count: r.try_get(7)?,
+        lapse_count: r.try_get(8)?,
+    })
+}
