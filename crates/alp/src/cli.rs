@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use alp_runtime::clients::{lazy_channel, ChannelConfig};
+use alp_runtime::clients::{ChannelConfig, lazy_channel};
 use alp_runtime::db::{Database, DatabaseArgs};
 use alp_runtime::logging::LogArgs;
 use alp_runtime::server::{ServerArgs, ServerConfig};

@@ -3,11 +3,11 @@
 
 use alp_proto::content::v1::content_service_client::ContentServiceClient;
 use alp_proto::content::v1::{
-    answer_key, AnswerKey, Course, CreateCourseRequest, GetCourseRequest, Item, ItemKind, NumericAnswer,
-    Skill, UpsertItemsRequest, UpsertSkillsRequest,
+    AnswerKey, Course, CreateCourseRequest, GetCourseRequest, Item, ItemKind, NumericAnswer, Skill, UpsertItemsRequest,
+    UpsertSkillsRequest, answer_key,
 };
-use tonic::transport::Channel;
 use tonic::Code;
+use tonic::transport::Channel;
 
 pub const DEMO_COURSE: &str = "arithmetic";
 
@@ -89,7 +89,14 @@ pub async fn demo_course(channel: Channel) -> Result<bool, tonic::Status> {
         choice("sub-3", "subtraction", "Which difference is negative?", &["9 - 4", "4 - 9", "9 - 9"], 1, -0.5),
         item("mul-1", "multiplication", Numeric, "What is 6 × 7?", numeric(42.0), -1.0),
         item("mul-2", "multiplication", Numeric, "What is 12 × 15?", numeric(180.0), 0.5),
-        item("mul-3", "multiplication", Flashcard, "The result of a multiplication is called the …", text("product"), -0.8),
+        item(
+            "mul-3",
+            "multiplication",
+            Flashcard,
+            "The result of a multiplication is called the …",
+            text("product"),
+            -0.8,
+        ),
         choice("frac-1", "fractions", "Which fraction equals one half?", &["2/3", "3/6", "3/4", "1/3"], 1, 0.0),
         item("frac-2", "fractions", FreeText, "Write three quarters as a fraction.", text("3/4"), 0.4),
         item("frac-3", "fractions", Numeric, "What is 1/2 + 1/4 as a decimal?", numeric(0.75), 1.2),

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use alp_runtime::clients::ChannelConfig;
-use alp_runtime::db::{sqlite_url, Database, DatabaseConfig, MigrationStep, PoolDefaults};
+use alp_runtime::db::{Database, DatabaseConfig, MigrationStep, PoolDefaults, sqlite_url};
 use alp_runtime::server::{ServeError, ServerConfig};
 use anyhow::Context;
 use tokio::net::TcpListener;

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 /// Timeouts of one downstream channel.
 #[derive(Debug, Clone, Copy)]

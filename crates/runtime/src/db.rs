@@ -80,9 +80,10 @@ pub struct DatabaseArgs {
 
 impl DatabaseArgs {
     pub fn resolve(&self, service: &str, defaults: PoolDefaults) -> Result<DatabaseConfig, DbSetupError> {
-        let url = self.url.clone().ok_or_else(|| {
-            DbSetupError::Url(format!("--database-url (ALP_DATABASE_URL) is required for {service}"))
-        })?;
+        let url = self
+            .url
+            .clone()
+            .ok_or_else(|| DbSetupError::Url(format!("--database-url (ALP_DATABASE_URL) is required for {service}")))?;
         let max_connections = self.max_connections.unwrap_or(defaults.max_connections);
         let min_connections = self.min_connections.unwrap_or(defaults.min_connections);
         if max_connections == 0 || min_connections > max_connections {
@@ -111,9 +112,7 @@ pub enum DbSetupError {
     Directory { path: String, source: std::io::Error },
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error(
-        "database schema is at version {current}, this build needs {required}: run `alp migrate {service}`"
-    )]
+    #[error("database schema is at version {current}, this build needs {required}: run `alp migrate {service}`")]
     Outdated { service: String, current: i64, required: i64 },
     #[error("{0}")]
     Query(#[from] StoreError),
@@ -147,11 +146,8 @@ impl Database {
             max_connections = max_connections.min(8);
             min_connections = min_connections.min(max_connections);
         }
-        let app_name: String = config
-            .application_name
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-            .collect();
+        let app_name: String =
+            config.application_name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
         let statement_timeout_ms = config.statement_timeout.as_millis();
         let busy_timeout_ms = config.acquire_timeout.as_millis().max(1000);
         let pool = AnyPoolOptions::new()
@@ -161,9 +157,9 @@ impl Database {
             .idle_timeout(Some(Duration::from_secs(300)))
             .after_connect(move |conn, _meta| {
                 let setup = match dialect {
-                    Dialect::Postgres => format!(
-                        "SET application_name = '{app_name}'; SET statement_timeout = {statement_timeout_ms};"
-                    ),
+                    Dialect::Postgres => {
+                        format!("SET application_name = '{app_name}'; SET statement_timeout = {statement_timeout_ms};")
+                    }
                     // FULL: a commit is on disk before it is acknowledged, even in WAL mode.
                     Dialect::Sqlite => format!(
                         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
@@ -238,12 +234,11 @@ impl Database {
     /// Fails when the schema is behind this build, so a pod never serves on a stale schema.
     pub async fn ensure_migrated(&self, service: &str, steps: &[MigrationStep]) -> Result<(), DbSetupError> {
         let required = steps.iter().map(|s| s.version).max().unwrap_or(0);
-        let current: i64 = sqlx::query_scalar::<_, i64>(
-            "SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success = TRUE",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .unwrap_or(0);
+        let current: i64 =
+            sqlx::query_scalar::<_, i64>("SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success = TRUE")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap_or(0);
         if current < required {
             return Err(DbSetupError::Outdated { service: service.to_owned(), current, required });
         }
@@ -258,8 +253,7 @@ fn create_sqlite_parent_dir(url: &str) -> Result<(), DbSetupError> {
         return Ok(());
     }
     if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|source| DbSetupError::Directory { path: path.to_owned(), source })?;
+        std::fs::create_dir_all(parent).map_err(|source| DbSetupError::Directory { path: path.to_owned(), source })?;
     }
     Ok(())
 }

@@ -15,9 +15,8 @@ use tokio::net::TcpListener;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Installs the global recorder once; later calls return the same handle.
 pub fn install() -> Option<PrometheusHandle> {
@@ -123,7 +122,13 @@ where
             let code_label = code_name(code);
             metrics::counter!("alp_grpc_server_handled_total", "service" => service.to_owned(), "method" => method.to_owned(), "code" => code_label).increment(1);
             metrics::histogram!("alp_grpc_server_handling_seconds", "service" => service.to_owned(), "method" => method.to_owned()).record(elapsed.as_secs_f64());
-            tracing::debug!(rpc.service = service, rpc.method = method, rpc.code = code_label, elapsed_us = elapsed.as_micros() as u64, "rpc");
+            tracing::debug!(
+                rpc.service = service,
+                rpc.method = method,
+                rpc.code = code_label,
+                elapsed_us = elapsed.as_micros() as u64,
+                "rpc"
+            );
             Ok(response)
         })
     }

@@ -33,9 +33,8 @@ pub fn decode_offset(field: &str, token: &str, query_fingerprint: &str) -> Resul
     let Some(position) = decode(field, token)? else {
         return Ok(0);
     };
-    let (offset, fingerprint) = position
-        .split_once('|')
-        .ok_or_else(|| FieldViolation::new(field, "is not a token returned by this API"))?;
+    let (offset, fingerprint) =
+        position.split_once('|').ok_or_else(|| FieldViolation::new(field, "is not a token returned by this API"))?;
     if fingerprint != query_fingerprint {
         return Err(FieldViolation::new(field, "belongs to a different query"));
     }

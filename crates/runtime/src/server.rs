@@ -113,12 +113,11 @@ impl Readiness {
 
     /// Runs every check; the first failure names the dependency.
     pub async fn check(&self) -> Result<(), String> {
-        let results =
-            futures::future::join_all(self.checks.iter().map(|(name, check)| {
-                let fut = check();
-                async move { fut.await.map_err(|reason| format!("{name}: {reason}")) }
-            }))
-            .await;
+        let results = futures::future::join_all(self.checks.iter().map(|(name, check)| {
+            let fut = check();
+            async move { fut.await.map_err(|reason| format!("{name}: {reason}")) }
+        }))
+        .await;
         results.into_iter().collect::<Result<Vec<()>, String>>().map(|_| ())
     }
 }
@@ -171,10 +170,7 @@ pub async fn run(
         tokio::time::sleep(drain_delay).await;
     };
 
-    let routes = routes
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+    let routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

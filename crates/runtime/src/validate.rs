@@ -13,10 +13,7 @@ pub fn id(field: &str, value: &str) -> Result<(), FieldViolation> {
         return Err(FieldViolation::new(field, format!("must be at most {MAX_ID_LEN} characters")));
     }
     if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')) {
-        return Err(FieldViolation::new(
-            field,
-            "may contain only letters, digits, '.', '_', ':' and '-'",
-        ));
+        return Err(FieldViolation::new(field, "may contain only letters, digits, '.', '_', ':' and '-'"));
     }
     Ok(())
 }

@@ -2,8 +2,8 @@
 
 use alp_proto::content::v1::content_service_server::ContentService;
 use alp_proto::content::v1::*;
-use alp_runtime::validate::{id, page_size};
 use alp_runtime::page;
+use alp_runtime::validate::{id, page_size};
 use tonic::{Request, Response, Status};
 
 use crate::error::ContentError;
@@ -113,10 +113,8 @@ impl ContentService for ContentApi {
         unique.dedup();
         let mut items = self.store.get_items(&unique).await.map_err(ContentError::from)?;
         items.sort_by(|a, b| a.item_id.cmp(&b.item_id));
-        let missing_item_ids = unique
-            .into_iter()
-            .filter(|id| items.binary_search_by(|i| i.item_id.as_str().cmp(id)).is_err())
-            .collect();
+        let missing_item_ids =
+            unique.into_iter().filter(|id| items.binary_search_by(|i| i.item_id.as_str().cmp(id)).is_err()).collect();
         Ok(Response::new(BatchGetItemsResponse { items, missing_item_ids }))
     }
 
@@ -166,7 +164,8 @@ impl ContentService for ContentApi {
             request.max_difficulty
         );
         let fingerprint = format!("{:016x}", fnv1a(fingerprint.as_bytes()));
-        let offset = page::decode_offset("page_token", &request.page_token, &fingerprint).map_err(ContentError::from)?;
+        let offset =
+            page::decode_offset("page_token", &request.page_token, &fingerprint).map_err(ContentError::from)?;
         let query = SearchQuery {
             words,
             course_id: request.course_id,

@@ -3,10 +3,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use alp_proto::content::v1::{answer_key, Course, Item, Skill};
-use alp_runtime::db::{placeholders, Database, Dialect, Tx};
-use alp_runtime::time::{now_millis, timestamp};
+use alp_proto::content::v1::{Course, Item, Skill, answer_key};
 use alp_runtime::StoreError;
+use alp_runtime::db::{Database, Dialect, Tx, placeholders};
+use alp_runtime::time::{now_millis, timestamp};
 use prost::Message;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
@@ -176,10 +176,7 @@ impl ContentStore {
             }
         }
         tx.commit().await.map_err(StoreError::from)?;
-        Ok(skills
-            .iter()
-            .map(|s| Skill { course_id: course_id.to_owned(), ..s.clone() })
-            .collect())
+        Ok(skills.iter().map(|s| Skill { course_id: course_id.to_owned(), ..s.clone() }).collect())
     }
 
     pub async fn list_skills(&self, course_id: &str, after: &str, limit: u32) -> Result<Vec<Skill>, StoreError> {
@@ -422,9 +419,7 @@ impl ContentStore {
             .bind(i64::try_from(query.offset).unwrap_or(i64::MAX))
             .fetch_all(self.db.pool())
             .await?;
-        rows.iter()
-            .map(|row| Ok((item_from_row(row)?, row.try_get::<f64, _>(5)?)))
-            .collect()
+        rows.iter().map(|row| Ok((item_from_row(row)?, row.try_get::<f64, _>(5)?))).collect()
     }
 }
 
@@ -432,7 +427,8 @@ impl ContentStore {
 async fn skill_courses(tx: &mut Tx, skill_ids: &[&str]) -> Result<HashMap<String, String>, StoreError> {
     let mut owners = HashMap::new();
     for chunk in skill_ids.chunks(500) {
-        let sql = format!("SELECT skill_id, course_id FROM skills WHERE skill_id IN ({})", placeholders(1, chunk.len()));
+        let sql =
+            format!("SELECT skill_id, course_id FROM skills WHERE skill_id IN ({})", placeholders(1, chunk.len()));
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for id in chunk {
             query = query.bind(id.to_string());
@@ -448,7 +444,13 @@ async fn exists(tx: &mut Tx, sql: &'static str, key: &str) -> Result<bool, Store
     Ok(sqlx::query(sql).bind(key.to_owned()).fetch_optional(&mut **tx).await?.is_some())
 }
 
-async fn replace_links(tx: &mut Tx, table: &str, column: &str, item_id: &str, values: &[String]) -> Result<(), StoreError> {
+async fn replace_links(
+    tx: &mut Tx,
+    table: &str,
+    column: &str,
+    item_id: &str,
+    values: &[String],
+) -> Result<(), StoreError> {
     sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE item_id = $1")))
         .bind(item_id.to_owned())
         .execute(&mut **tx)
@@ -543,10 +545,7 @@ mod tests {
     use super::*;
 
     fn graph(edges: &[(&str, &[&str])]) -> HashMap<String, Vec<String>> {
-        edges
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.iter().map(|s| (*s).to_owned()).collect()))
-            .collect()
+        edges.iter().map(|(k, v)| ((*k).to_owned(), v.iter().map(|s| (*s).to_owned()).collect())).collect()
     }
 
     #[test]

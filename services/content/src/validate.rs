@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use alp_proto::content::v1::{answer_key, Course, Item, ItemKind, SearchItemsRequest, Skill};
+use alp_proto::content::v1::{Course, Item, ItemKind, SearchItemsRequest, Skill, answer_key};
 use alp_runtime::FieldViolation;
 use alp_runtime::validate::{count, id, optional_id, range, required_text, text};
 
@@ -58,7 +58,10 @@ pub fn items(items: &[Item]) -> Result<(), FieldViolation> {
     for (i, item) in items.iter().enumerate() {
         self::item(item).map_err(|v| v.within(format!("items[{i}]")))?;
         if !seen.insert(item.item_id.as_str()) {
-            return Err(FieldViolation::new(format!("items[{i}].item_id"), format!("{:?} appears twice", item.item_id)));
+            return Err(FieldViolation::new(
+                format!("items[{i}].item_id"),
+                format!("{:?} appears twice", item.item_id),
+            ));
         }
     }
     Ok(())
@@ -136,17 +139,154 @@ pub fn item_ids(field: &str, ids: &[String]) -> Result<(), FieldViolation> {
     Ok(())
 }
 
-/// The words of a search query: letters and digits only, so no query syntax reaches the index.
+/// PostgreSQL's English configuration ignores these (the Snowball list); dropping them here too
+/// makes both backends answer the same query the same way.
+const STOP_WORDS: &[&str] = &[
+    "a",
+    "about",
+    "above",
+    "after",
+    "again",
+    "against",
+    "all",
+    "am",
+    "an",
+    "and",
+    "any",
+    "are",
+    "as",
+    "at",
+    "be",
+    "because",
+    "been",
+    "before",
+    "being",
+    "below",
+    "between",
+    "both",
+    "but",
+    "by",
+    "can",
+    "did",
+    "do",
+    "does",
+    "doing",
+    "don",
+    "down",
+    "during",
+    "each",
+    "few",
+    "for",
+    "from",
+    "further",
+    "had",
+    "has",
+    "have",
+    "having",
+    "he",
+    "her",
+    "here",
+    "hers",
+    "herself",
+    "him",
+    "himself",
+    "his",
+    "how",
+    "i",
+    "if",
+    "in",
+    "into",
+    "is",
+    "it",
+    "its",
+    "itself",
+    "just",
+    "me",
+    "more",
+    "most",
+    "my",
+    "myself",
+    "no",
+    "nor",
+    "not",
+    "now",
+    "of",
+    "off",
+    "on",
+    "once",
+    "only",
+    "or",
+    "other",
+    "our",
+    "ours",
+    "ourselves",
+    "out",
+    "over",
+    "own",
+    "s",
+    "same",
+    "she",
+    "should",
+    "so",
+    "some",
+    "such",
+    "t",
+    "than",
+    "that",
+    "the",
+    "their",
+    "theirs",
+    "them",
+    "themselves",
+    "then",
+    "there",
+    "these",
+    "they",
+    "this",
+    "those",
+    "through",
+    "to",
+    "too",
+    "under",
+    "until",
+    "up",
+    "very",
+    "was",
+    "we",
+    "were",
+    "what",
+    "when",
+    "where",
+    "which",
+    "while",
+    "who",
+    "whom",
+    "why",
+    "will",
+    "with",
+    "you",
+    "your",
+    "yours",
+    "yourself",
+    "yourselves",
+];
+
+/// The words of a search query: letters and digits only, so no query syntax reaches the index,
+/// and no stop words.
 pub fn search_words(query: &str) -> Result<Vec<String>, FieldViolation> {
     required_text("query", query, 256)?;
-    let words: Vec<String> = query
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .take(32)
-        .map(str::to_lowercase)
-        .collect();
+    let words: Vec<String> =
+        query.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect();
     if words.is_empty() {
         return Err(FieldViolation::new("query", "must contain at least one word"));
+    }
+    let words: Vec<String> =
+        words.into_iter().filter(|w| STOP_WORDS.binary_search(&w.as_str()).is_err()).take(32).collect();
+    if words.is_empty() {
+        return Err(FieldViolation::new(
+            "query",
+            "has only common words such as \"what\" or \"the\"; add a specific word",
+        ));
     }
     Ok(words)
 }
@@ -164,10 +304,30 @@ pub fn search_filters(request: &SearchItemsRequest) -> Result<(), FieldViolation
     if let Some(max) = request.max_difficulty {
         range("max_difficulty", max, MIN_DIFFICULTY, MAX_DIFFICULTY)?;
     }
-    if let (Some(min), Some(max)) = (request.min_difficulty, request.max_difficulty) {
-        if min > max {
-            return Err(FieldViolation::new("min_difficulty", "must not exceed max_difficulty"));
-        }
+    if let (Some(min), Some(max)) = (request.min_difficulty, request.max_difficulty)
+        && min > max
+    {
+        return Err(FieldViolation::new("min_difficulty", "must not exceed max_difficulty"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_words_are_sorted_for_binary_search() {
+        assert!(STOP_WORDS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn search_words_drop_syntax_and_stop_words() {
+        assert_eq!(
+            search_words("What is \"1/2\"* OR fractions?"),
+            Ok(vec!["1".into(), "2".into(), "fractions".into()])
+        );
+        assert!(search_words("what is the").is_err());
+        assert!(search_words("?!").is_err());
+    }
 }

@@ -11,10 +11,10 @@ use alp_proto::scheduler::v1::submit_attempt_request::Outcome;
 use alp_proto::scheduler::v1::*;
 use alp_proto::scoring::v1::{ApplyAttemptRequest, Candidate, ScoreCandidatesRequest, ScoredItem};
 use alp_proto::user::v1::ProgressEvent;
+use alp_runtime::FieldViolation;
 use alp_runtime::page;
 use alp_runtime::time::{duration, millis, now_millis, timestamp};
 use alp_runtime::validate::{id, optional_id, page_size};
-use alp_runtime::FieldViolation;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
@@ -132,7 +132,8 @@ impl SchedulerService for SchedulerApi {
         let retention = self.enrolled_retention(&request.learner_id, &request.course_id).await?;
         let now = now_millis();
 
-        let states = self.store.memory_states(&request.learner_id, &request.course_id).await.map_err(SchedulerError::from)?;
+        let states =
+            self.store.memory_states(&request.learner_id, &request.course_id).await.map_err(SchedulerError::from)?;
         let seen: HashSet<String> = states.iter().map(|s| s.item_id.clone()).collect();
         let want_new = if mode == Mode::Review { 0 } else { (count as usize * 5).max(50) };
         let unseen = if want_new > 0 {
@@ -140,8 +141,7 @@ impl SchedulerService for SchedulerApi {
         } else {
             Vec::new()
         };
-        let review_ids: Vec<String> =
-            states.iter().take(MAX_REVIEW_CANDIDATES).map(|s| s.item_id.clone()).collect();
+        let review_ids: Vec<String> = states.iter().take(MAX_REVIEW_CANDIDATES).map(|s| s.item_id.clone()).collect();
         let reviewed: Vec<Item> =
             self.downstream.items(&review_ids).await?.into_iter().filter(|i| !i.retired).collect();
         let memory: HashMap<&str, &MemoryRow> = states.iter().map(|s| (s.item_id.as_str(), s)).collect();
@@ -175,7 +175,10 @@ impl SchedulerService for SchedulerApi {
                 tracing::warn!(error = %status.message(), code = ?status.code(), "scoring unavailable; local fallback ranking");
                 (
                     fallback_ranking(&candidates, mode, count as usize, now),
-                    format!("scoring unavailable ({}); fallback ordering", alp_runtime::metrics::code_name(status.code())),
+                    format!(
+                        "scoring unavailable ({}); fallback ordering",
+                        alp_runtime::metrics::code_name(status.code())
+                    ),
                 )
             }
         };
@@ -197,11 +200,7 @@ impl SchedulerService for SchedulerApi {
                 })
             })
             .collect();
-        Ok(Response::new(NextItemsResponse {
-            items: next,
-            degraded: !degraded_reason.is_empty(),
-            degraded_reason,
-        }))
+        Ok(Response::new(NextItemsResponse { items: next, degraded: !degraded_reason.is_empty(), degraded_reason }))
     }
 
     async fn submit_attempt(&self, request: Request<SubmitAttemptRequest>) -> RpcResult<SubmitAttemptResponse> {
@@ -212,14 +211,22 @@ impl SchedulerService for SchedulerApi {
         let (rating, correct) = match request.outcome {
             Some(Outcome::Rating(value)) => match Rating::try_from(value) {
                 Ok(Rating::Unspecified) | Err(_) => {
-                    return Err(SchedulerError::from(FieldViolation::new("rating", "must be AGAIN, HARD, GOOD or EASY")).into());
+                    return Err(SchedulerError::from(FieldViolation::new(
+                        "rating",
+                        "must be AGAIN, HARD, GOOD or EASY",
+                    ))
+                    .into());
                 }
                 Ok(rating) => (rating, rating != Rating::Again),
             },
             Some(Outcome::Correct(true)) => (Rating::Good, true),
             Some(Outcome::Correct(false)) => (Rating::Again, false),
             None => {
-                return Err(SchedulerError::from(FieldViolation::new("outcome", "set exactly one of rating or correct")).into());
+                return Err(SchedulerError::from(FieldViolation::new(
+                    "outcome",
+                    "set exactly one of rating or correct",
+                ))
+                .into());
             }
         };
         let response_ms = match &request.response_time {
@@ -235,7 +242,11 @@ impl SchedulerService for SchedulerApi {
             None => now,
         };
         if answer_ms > now + MAX_CLOCK_SKEW_MS {
-            return Err(SchedulerError::from(FieldViolation::new("answer_time", "must not be more than 5 minutes in the future")).into());
+            return Err(SchedulerError::from(FieldViolation::new(
+                "answer_time",
+                "must not be more than 5 minutes in the future",
+            ))
+            .into());
         }
 
         // Fast path for a retry: the first answer, marked duplicate.
@@ -245,7 +256,8 @@ impl SchedulerService for SchedulerApi {
 
         let item = self.downstream.item(&request.item_id).await?;
         let retention = self.enrolled_retention(&request.learner_id, &item.course_id).await?;
-        let prior = self.store.memory_state(&request.learner_id, &request.item_id).await.map_err(SchedulerError::from)?;
+        let prior =
+            self.store.memory_state(&request.learner_id, &request.item_id).await.map_err(SchedulerError::from)?;
         let applied = self
             .downstream
             .scoring
@@ -334,7 +346,8 @@ impl SchedulerService for SchedulerApi {
         let after = match page::decode("page_token", &request.page_token).map_err(SchedulerError::from)? {
             None => None,
             Some(position) => {
-                let invalid = || SchedulerError::from(FieldViolation::new("page_token", "is not a token returned by this API"));
+                let invalid =
+                    || SchedulerError::from(FieldViolation::new("page_token", "is not a token returned by this API"));
                 let (due, item) = position.split_once('|').ok_or_else(invalid)?;
                 Some((due.parse::<i64>().map_err(|_| invalid())?, item.to_owned()))
             }

@@ -9,8 +9,8 @@ use alp_proto::content::v1::{BatchGetItemsRequest, GetItemRequest, Item, ListIte
 use alp_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
 use alp_proto::user::v1::user_service_client::UserServiceClient;
 use alp_proto::user::v1::{GetLearnerRequest, Learner};
-use tonic::transport::Channel;
 use tonic::Code;
+use tonic::transport::Channel;
 
 use crate::error::SchedulerError;
 

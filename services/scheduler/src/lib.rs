@@ -11,7 +11,7 @@ use std::future::Future;
 use alp_proto::content::v1::content_service_server::SERVICE_NAME as CONTENT_SERVICE;
 use alp_proto::scheduler::v1::scheduler_service_server::{self, SchedulerServiceServer};
 use alp_proto::scoring::v1::scoring_service_server::SERVICE_NAME as SCORING_SERVICE;
-use alp_runtime::clients::{check_serving, lazy_channel, ChannelConfig};
+use alp_runtime::clients::{ChannelConfig, check_serving, lazy_channel};
 use alp_runtime::db::{Database, DatabaseConfig, MigrationStep, PoolDefaults};
 use alp_runtime::server::{self, Readiness, ServeError, ServerConfig};
 use tokio::net::TcpListener;
@@ -83,4 +83,3 @@ pub async fn serve_with_shutdown(
     db.close().await;
     result
 }
-

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use alp_proto::user::v1::user_service_client::UserServiceClient;
 use alp_proto::user::v1::RecordProgressRequest;
+use alp_proto::user::v1::user_service_client::UserServiceClient;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;

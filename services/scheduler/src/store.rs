@@ -3,9 +3,9 @@
 use alp_proto::common::v1::MemoryState;
 use alp_proto::scheduler::v1::Attempt;
 use alp_proto::user::v1::ProgressEvent;
-use alp_runtime::db::{placeholders, Database};
-use alp_runtime::time::{duration, timestamp};
 use alp_runtime::StoreError;
+use alp_runtime::db::{Database, placeholders};
+use alp_runtime::time::{duration, timestamp};
 use prost::Message;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
@@ -154,7 +154,12 @@ impl SchedulerStore {
 
     /// Records an attempt, the new memory state and the outbox event in one transaction.
     /// Returns false, writing nothing, when the attempt id is already recorded.
-    pub async fn record(&self, attempt: &AttemptRow, memory: &MemoryRow, event: &ProgressEvent) -> Result<bool, StoreError> {
+    pub async fn record(
+        &self,
+        attempt: &AttemptRow,
+        memory: &MemoryRow,
+        event: &ProgressEvent,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.db.begin_write().await?;
         let inserted = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
@@ -212,7 +217,12 @@ impl SchedulerStore {
     }
 
     /// Attempts in recording order after sequence number `after_seq`.
-    pub async fn export(&self, filter: &ExportFilter, after_seq: i64, limit: u32) -> Result<Vec<(i64, AttemptRow)>, StoreError> {
+    pub async fn export(
+        &self,
+        filter: &ExportFilter,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, AttemptRow)>, StoreError> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT {ATTEMPT_COLUMNS}, seq FROM attempts
              WHERE seq > $1 AND ($2 = '' OR learner_id = $2) AND ($3 = '' OR course_id = $3)

@@ -57,7 +57,8 @@ impl ScoringService for ScoringApi {
         let request = request.into_inner();
         validate::score_request(&request).map_err(ScoringError::from)?;
         let mode = validate::mode(request.mode).map_err(ScoringError::from)?;
-        let retention = validate::retention("desired_retention", request.desired_retention).map_err(ScoringError::from)?;
+        let retention =
+            validate::retention("desired_retention", request.desired_retention).map_err(ScoringError::from)?;
         let now = match &request.now {
             Some(t) => millis("now", t).map_err(ScoringError::from)?,
             None => now_millis(),
@@ -102,7 +103,8 @@ impl ScoringService for ScoringApi {
     async fn apply_attempt(&self, request: Request<ApplyAttemptRequest>) -> RpcResult<ApplyAttemptResponse> {
         let request = request.into_inner();
         let rating = validate::apply_request(&request).map_err(ScoringError::from)?;
-        let retention = validate::retention("desired_retention", request.desired_retention).map_err(ScoringError::from)?;
+        let retention =
+            validate::retention("desired_retention", request.desired_retention).map_err(ScoringError::from)?;
         let answer_ms = millis("answer_time", request.answer_time.as_ref().unwrap_or(&Default::default()))
             .map_err(ScoringError::from)?;
         let prior = match (&request.prior_memory, &request.last_review_time) {
@@ -127,7 +129,8 @@ impl ScoringService for ScoringApi {
 
         // Ability and difficulty are prior knowledge: only first attempts move them; later
         // attempts are memory, which FSRS tracks.
-        let correct = if request.rating == Rating::Unspecified as i32 { request.correct } else { rating != Rating::Again };
+        let correct =
+            if request.rating == Rating::Unspecified as i32 { request.correct } else { rating != Rating::Again };
         let surprise = f64::from(u8::from(correct)) - p;
         let (ability_deltas, difficulty_delta) = if prior.is_none() {
             let deltas = request
@@ -158,7 +161,7 @@ impl ScoringService for ScoringApi {
             attempt_id: request.attempt_id.clone(),
             learner_id: request.learner_id.clone(),
             item_id: request.item_id.clone(),
-            response: response.clone(),
+            response,
             ability_deltas,
             difficulty_delta,
         };

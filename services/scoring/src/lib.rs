@@ -49,8 +49,7 @@ pub async fn serve_with_shutdown(
     let db = Database::connect(&config.database).await?;
     db.ensure_migrated("scoring", MIGRATIONS).await?;
     let api = ScoringApi::new(ScoringStore::new(db.clone()));
-    let routes =
-        Routes::new(ScoringServiceServer::new(api).max_decoding_message_size(config.server.max_message_bytes));
+    let routes = Routes::new(ScoringServiceServer::new(api).max_decoding_message_size(config.server.max_message_bytes));
     let readiness = Readiness::new().with_database(db.clone());
     let result = server::run(SERVICE_NAME, routes, &config.server, listener, readiness, shutdown).await;
     db.close().await;

@@ -43,9 +43,7 @@ pub fn review(
     let elapsed_ms = prior.map_or(0, |(_, last)| (answer_ms - last).max(0));
     // FSRS counts whole days; a same-day review (0 days) uses its short-term stability formula.
     let days = u32::try_from(elapsed_ms / DAY_MS).unwrap_or(u32::MAX);
-    let next = fsrs
-        .next_states(prior.map(|(m, _)| m), desired_retention as f32, days)
-        .map_err(|e| e.to_string())?;
+    let next = fsrs.next_states(prior.map(|(m, _)| m), desired_retention as f32, days).map_err(|e| e.to_string())?;
     let state = match rating {
         Rating::Again => next.again,
         Rating::Hard => next.hard,
@@ -113,7 +111,13 @@ pub struct Ranked {
 /// Ranks candidates. Practice: due reviews first (lowest recall first), then new items closest
 /// to the target success rate, then not-yet-due reviews. Review: due reviews only. Mock test:
 /// the most informative items at the learner's ability.
-pub fn rank(candidates: &[CandidateState], mode: Mode, count: usize, desired_retention: f64, now_ms: i64) -> Vec<Ranked> {
+pub fn rank(
+    candidates: &[CandidateState],
+    mode: Mode,
+    count: usize,
+    desired_retention: f64,
+    now_ms: i64,
+) -> Vec<Ranked> {
     let mut ranked: Vec<Ranked> = candidates
         .iter()
         .filter_map(|c| {
@@ -125,8 +129,7 @@ pub fn rank(candidates: &[CandidateState], mode: Mode, count: usize, desired_ret
                 }
                 None => (0.0, elo),
             };
-            let due = c.memory.is_some()
-                && (c.due_ms.is_some_and(|d| d <= now_ms) || recall <= desired_retention);
+            let due = c.memory.is_some() && (c.due_ms.is_some_and(|d| d <= now_ms) || recall <= desired_retention);
             let (reason, score) = match mode {
                 Mode::MockTest => (Reason::MockTest, information(success, c.guess)),
                 Mode::Review if !due => return None,
@@ -138,7 +141,13 @@ pub fn rank(candidates: &[CandidateState], mode: Mode, count: usize, desired_ret
                 _ if c.memory.is_none() => (Reason::New, 1.0 + (1.0 - (success - TARGET_SUCCESS).abs())),
                 _ => (Reason::EarlyReview, 1.0 - recall),
             };
-            Some(Ranked { item_id: c.item_id.clone(), reason, score, predicted_recall: recall, predicted_success: success })
+            Some(Ranked {
+                item_id: c.item_id.clone(),
+                reason,
+                score,
+                predicted_recall: recall,
+                predicted_success: success,
+            })
         })
         .collect();
     ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.item_id.cmp(&b.item_id)));

@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 
 use alp_proto::scoring::v1::ApplyAttemptResponse;
-use alp_runtime::db::{placeholders, Database};
-use alp_runtime::time::now_millis;
 use alp_runtime::StoreError;
+use alp_runtime::db::{Database, placeholders};
+use alp_runtime::time::now_millis;
 use prost::Message;
 use sqlx::{AssertSqlSafe, Row};
 
@@ -54,9 +54,7 @@ impl ScoringStore {
             .bind(learner_id)
             .fetch_all(self.db.pool())
             .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, Estimate { value: r.try_get(1)?, attempts: r.try_get(2)? })))
-            .collect()
+        rows.iter().map(|r| Ok((r.try_get(0)?, Estimate { value: r.try_get(1)?, attempts: r.try_get(2)? }))).collect()
     }
 
     /// Calibrated difficulties of the items that have any.

@@ -2,8 +2,8 @@
 
 use alp_proto::common::v1::{MemoryState, Mode, Rating};
 use alp_proto::scoring::v1::{ApplyAttemptRequest, Candidate, RecallQuery, ScoreCandidatesRequest};
-use alp_runtime::validate::{count, id, range};
 use alp_runtime::FieldViolation;
+use alp_runtime::validate::{count, id, range};
 
 pub const MAX_CANDIDATES: usize = 2000;
 pub const MAX_COUNT: u32 = 100;

@@ -1,7 +1,7 @@
 //! The gRPC surface of the user service.
 
-use alp_proto::content::v1::content_service_client::ContentServiceClient;
 use alp_proto::content::v1::GetCourseRequest;
+use alp_proto::content::v1::content_service_client::ContentServiceClient;
 use alp_proto::user::v1::user_service_server::UserService;
 use alp_proto::user::v1::*;
 use alp_runtime::page;
@@ -47,7 +47,10 @@ impl UserService for UserApi {
         Ok(Response::new(GetLearnerResponse { learner: Some(learner) }))
     }
 
-    async fn batch_get_learners(&self, request: Request<BatchGetLearnersRequest>) -> RpcResult<BatchGetLearnersResponse> {
+    async fn batch_get_learners(
+        &self,
+        request: Request<BatchGetLearnersRequest>,
+    ) -> RpcResult<BatchGetLearnersResponse> {
         let request = request.into_inner();
         validate::learner_ids("learner_ids", &request.learner_ids).map_err(UserError::from)?;
         let mut unique = request.learner_ids.clone();
@@ -64,7 +67,9 @@ impl UserService for UserApi {
 
     async fn update_learner(&self, request: Request<UpdateLearnerRequest>) -> RpcResult<UpdateLearnerResponse> {
         let request = request.into_inner();
-        let learner = request.learner.ok_or_else(|| UserError::from(alp_runtime::FieldViolation::new("learner", "is required")))?;
+        let learner = request
+            .learner
+            .ok_or_else(|| UserError::from(alp_runtime::FieldViolation::new("learner", "is required")))?;
         id("learner.learner_id", &learner.learner_id).map_err(UserError::from)?;
         let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
         let changes = validate::changes(&learner, &paths).map_err(UserError::from)?;
@@ -103,11 +108,7 @@ impl UserService for UserApi {
         id("learner_id", &request.learner_id).map_err(UserError::from)?;
         id("course_id", &request.course_id).map_err(UserError::from)?;
         self.learner(&request.learner_id).await?;
-        let course = self
-            .content
-            .clone()
-            .get_course(GetCourseRequest { course_id: request.course_id.clone() })
-            .await;
+        let course = self.content.clone().get_course(GetCourseRequest { course_id: request.course_id.clone() }).await;
         match course {
             Ok(_) => {}
             Err(status) if status.code() == Code::NotFound => {

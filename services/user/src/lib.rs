@@ -8,7 +8,7 @@ mod validate;
 use std::future::Future;
 
 use alp_proto::user::v1::user_service_server::{self, UserServiceServer};
-use alp_runtime::clients::{lazy_channel, ChannelConfig};
+use alp_runtime::clients::{ChannelConfig, lazy_channel};
 use alp_runtime::db::{Database, DatabaseConfig, MigrationStep, PoolDefaults};
 use alp_runtime::server::{self, Readiness, ServeError, ServerConfig};
 use tokio::net::TcpListener;
@@ -55,8 +55,7 @@ pub async fn serve_with_shutdown(
     let db = Database::connect(&config.database).await?;
     db.ensure_migrated("user", MIGRATIONS).await?;
     let api = UserApi::new(UserStore::new(db.clone()), content);
-    let routes =
-        Routes::new(UserServiceServer::new(api).max_decoding_message_size(config.server.max_message_bytes));
+    let routes = Routes::new(UserServiceServer::new(api).max_decoding_message_size(config.server.max_message_bytes));
     let readiness = Readiness::new().with_database(db.clone());
     let result = server::run(SERVICE_NAME, routes, &config.server, listener, readiness, shutdown).await;
     db.close().await;

@@ -3,9 +3,9 @@
 use std::collections::{HashMap, HashSet};
 
 use alp_proto::user::v1::{CourseProgress, Enrolment, Learner, ProgressEvent, SkillProgress};
-use alp_runtime::db::{placeholders, Database};
-use alp_runtime::time::{now_millis, timestamp};
 use alp_runtime::StoreError;
+use alp_runtime::db::{Database, placeholders};
+use alp_runtime::time::{now_millis, timestamp};
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
@@ -100,10 +100,10 @@ impl UserStore {
         }
         let mut by_learner: HashMap<String, Vec<Enrolment>> = HashMap::new();
         for row in query.fetch_all(self.db.pool()).await? {
-            by_learner.entry(row.try_get(0)?).or_default().push(Enrolment {
-                course_id: row.try_get(1)?,
-                enrol_time: Some(timestamp(row.try_get(2)?)),
-            });
+            by_learner
+                .entry(row.try_get(0)?)
+                .or_default()
+                .push(Enrolment { course_id: row.try_get(1)?, enrol_time: Some(timestamp(row.try_get(2)?)) });
         }
         for learner in learners.iter_mut() {
             learner.enrolments = by_learner.remove(&learner.learner_id).unwrap_or_default();
@@ -292,7 +292,8 @@ impl UserStore {
                 outcome.duplicates += 1;
                 continue;
             }
-            let answered = event.answer_time.as_ref().map_or(now, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000));
+            let answered =
+                event.answer_time.as_ref().map_or(now, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000));
             let correct = i64::from(event.correct);
             sqlx::query(
                 "INSERT INTO course_progress AS p (learner_id, course_id, attempt_count, correct_count, items_seen, last_attempt_time)

@@ -1,8 +1,8 @@
 //! Request checks for the user service.
 
 use alp_proto::user::v1::{Learner, ProgressEvent};
-use alp_runtime::validate::{count, id, range, text};
 use alp_runtime::FieldViolation;
+use alp_runtime::validate::{count, id, range, text};
 
 use crate::store::LearnerChanges;
 
@@ -83,7 +83,9 @@ fn email(field: &str, value: &str) -> Result<(), FieldViolation> {
 
 fn locale(field: &str, value: &str) -> Result<(), FieldViolation> {
     let valid = (2..=35).contains(&value.len())
-        && value.split('-').all(|part| !part.is_empty() && part.len() <= 8 && part.bytes().all(|b| b.is_ascii_alphanumeric()));
+        && value
+            .split('-')
+            .all(|part| !part.is_empty() && part.len() <= 8 && part.bytes().all(|b| b.is_ascii_alphanumeric()));
     if !valid {
         return Err(FieldViolation::new(field, "must be a BCP 47 language tag such as \"en\" or \"pt-BR\""));
     }

@@ -1,0 +1,110 @@
+//! Starting the suite for tests: SQLite in a temp dir, or fresh PostgreSQL databases when
+//! ALP_TEST_POSTGRES_URL names a server (the test command sets it).
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use alp::suite::{self, Addresses, Databases, Listeners};
+use alp_runtime::db::DatabaseConfig;
+use alp_runtime::server::ServerConfig;
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub struct Running {
+    pub addresses: Addresses,
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Running {
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+pub fn test_server_config() -> ServerConfig {
+    ServerConfig {
+        drain_delay: Duration::ZERO,
+        readiness_interval: Duration::from_millis(100),
+        ..ServerConfig::default()
+    }
+}
+
+/// The PostgreSQL admin URL, or None when PostgreSQL tests are not wanted here. With
+/// ALP_REQUIRE_POSTGRES=1 (the test command) a missing URL fails instead of skipping.
+pub fn postgres_admin_url() -> Option<String> {
+    match std::env::var("ALP_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("ALP_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "ALP_REQUIRE_POSTGRES=1 but ALP_TEST_POSTGRES_URL is not set"
+            );
+            eprintln!("skipping PostgreSQL: ALP_TEST_POSTGRES_URL is not set (scripts/test.sh sets it)");
+            None
+        }
+    }
+}
+
+/// A fresh, empty PostgreSQL database for one service of one test.
+pub async fn fresh_postgres(admin_url: &str, service: &str) -> DatabaseConfig {
+    let name = format!("alp_test_{}_{}", service, uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::postgres::PgConnection::connect(admin_url).await.expect("connect to PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+    admin.close().await.unwrap();
+    let base = admin_url.rsplit_once('/').map_or(admin_url, |(base, _)| base);
+    DatabaseConfig {
+        url: format!("{base}/{name}"),
+        application_name: format!("alp-{service}-test"),
+        max_connections: 10,
+        min_connections: 1,
+        acquire_timeout: Duration::from_secs(2),
+        statement_timeout: Duration::from_secs(10),
+    }
+}
+
+pub async fn postgres_databases(admin_url: &str) -> Databases {
+    Databases {
+        content: fresh_postgres(admin_url, "content").await,
+        user: fresh_postgres(admin_url, "user").await,
+        scoring: fresh_postgres(admin_url, "scoring").await,
+        scheduler: fresh_postgres(admin_url, "scheduler").await,
+    }
+}
+
+/// Starts the four services on 127.0.0.1:0 with the given storage and waits until they serve.
+pub async fn start(databases: Databases, dir: Option<tempfile::TempDir>) -> Running {
+    suite::migrate(&databases).await.unwrap();
+    let listeners = Listeners::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), |_| 0).await.unwrap();
+    let addresses = listeners.addresses().unwrap();
+    let stop = CancellationToken::new();
+    let signal = stop.clone().cancelled_owned();
+    let task = tokio::spawn(suite::run(listeners, databases, test_server_config(), signal));
+    wait_serving(addresses.scheduler, "alp.scheduler.v1.SchedulerService").await;
+    Running { addresses, stop, task, _dir: dir }
+}
+
+pub async fn start_sqlite() -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    start(Databases::sqlite(dir.path()), Some(dir)).await
+}
+
+pub fn channel(address: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{address}")).unwrap().connect_lazy()
+}
+
+/// Polls the health entry until SERVING (bounded: 10 s).
+pub async fn wait_serving(address: SocketAddr, service: &str) {
+    for _ in 0..200 {
+        if alp_runtime::clients::check_serving(channel(address), service).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{service} at {address} never became SERVING");
+}

