@@ -29,7 +29,7 @@ mkdir -p "$pg_data" "$work/pgsock"
 [ "$(id -u)" = 0 ] && chown postgres "$pg_data" "$work/pgsock"
 say "starting a throwaway PostgreSQL on 127.0.0.1:$pg_port ($pg_bin)"
 as_pg "$pg_bin/initdb" -D "$pg_data" -U postgres --auth=trust -E UTF8 >/dev/null
-as_pg "$pg_bin/pg_ctl" -D "$pg_data" -w -l "$work/postgres.log" \
+as_pg "$pg_bin/pg_ctl" -D "$pg_data" -w -l "$work/pgsock/postgres.log" \
   -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $work/pgsock -c fsync=on -c max_connections=300" start >/dev/null
 dev_pid=
 cleanup() {
