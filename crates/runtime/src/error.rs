@@ -99,8 +99,8 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-impl StoreError {
-    pub fn kind(&self) -> ErrorKind {
+impl ServiceError for StoreError {
+    fn kind(&self) -> ErrorKind {
         match self {
             StoreError::Unavailable(_) => ErrorKind::Unavailable,
             StoreError::Timeout(_) => ErrorKind::DeadlineExceeded,
@@ -128,11 +128,5 @@ impl From<sqlx::Error> for StoreError {
             }
             _ => StoreError::Other(err),
         }
-    }
-}
-
-impl ServiceError for StoreError {
-    fn kind(&self) -> ErrorKind {
-        StoreError::kind(self)
     }
 }

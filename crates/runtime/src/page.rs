@@ -23,6 +23,14 @@ pub fn decode(field: &str, token: &str) -> Result<Option<String>, FieldViolation
     text.strip_prefix(PREFIX).map(|p| Some(p.to_owned())).ok_or_else(invalid)
 }
 
+/// The token of the page after `page`: its last key when the page is full, empty otherwise.
+pub fn next_token<T>(page: &[T], limit: u32, key: impl Fn(&T) -> String) -> String {
+    match page.last() {
+        Some(last) if page.len() == limit as usize => encode(&key(last)),
+        _ => String::new(),
+    }
+}
+
 /// A token for offset pagination bound to the query it came from, so it cannot be replayed on
 /// another query.
 pub fn encode_offset(offset: u64, query_fingerprint: &str) -> String {

@@ -36,6 +36,11 @@ pub fn millis(field: &str, ts: &Timestamp) -> Result<i64, FieldViolation> {
     Ok(ts.seconds * 1000 + i64::from(ts.nanos / 1_000_000))
 }
 
+/// Milliseconds of a timestamp this system produced itself (no range check needed).
+pub fn timestamp_millis(ts: &Timestamp) -> i64 {
+    ts.seconds.saturating_mul(1000).saturating_add(i64::from(ts.nanos / 1_000_000))
+}
+
 pub fn duration(millis: i64) -> prost_types::Duration {
     prost_types::Duration {
         seconds: millis.div_euclid(1000),

@@ -53,6 +53,15 @@ pub fn count<T>(field: &str, values: &[T], max: usize) -> Result<(), FieldViolat
     Ok(())
 }
 
+/// A batch of 1..=max ids, each checked.
+pub fn ids(field: &str, values: &[String], max: usize) -> Result<(), FieldViolation> {
+    count(field, values, max)?;
+    for (i, value) in values.iter().enumerate() {
+        id(&format!("{field}[{i}]"), value)?;
+    }
+    Ok(())
+}
+
 /// A page size: 0 means the default, negative or above `max` is an error.
 pub fn page_size(field: &str, value: i32, default: u32, max: u32) -> Result<u32, FieldViolation> {
     match value {

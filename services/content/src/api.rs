@@ -23,14 +23,6 @@ impl ContentApi {
 
 type RpcResult<T> = std::result::Result<Response<T>, Status>;
 
-/// The next page token for a keyset page: the last key when the page is full.
-fn next_token<T>(page: &[T], limit: u32, key: impl Fn(&T) -> &str) -> String {
-    match page.last() {
-        Some(last) if page.len() == limit as usize => page::encode(key(last)),
-        _ => String::new(),
-    }
-}
-
 #[tonic::async_trait]
 impl ContentService for ContentApi {
     async fn create_course(&self, request: Request<CreateCourseRequest>) -> RpcResult<CreateCourseResponse> {
@@ -57,7 +49,7 @@ impl ContentService for ContentApi {
         let limit = page_size("page_size", request.page_size, 100, 1000).map_err(ContentError::from)?;
         let after = page::decode("page_token", &request.page_token).map_err(ContentError::from)?.unwrap_or_default();
         let courses = self.store.list_courses(&after, limit).await.map_err(ContentError::from)?;
-        let next_page_token = next_token(&courses, limit, |c| &c.course_id);
+        let next_page_token = page::next_token(&courses, limit, |c| c.course_id.clone());
         Ok(Response::new(ListCoursesResponse { courses, next_page_token }))
     }
 
@@ -77,7 +69,7 @@ impl ContentService for ContentApi {
             return Err(ContentError::not_found("course", &request.course_id).into());
         }
         let skills = self.store.list_skills(&request.course_id, &after, limit).await.map_err(ContentError::from)?;
-        let next_page_token = next_token(&skills, limit, |s| &s.skill_id);
+        let next_page_token = page::next_token(&skills, limit, |s| s.skill_id.clone());
         Ok(Response::new(ListSkillsResponse { skills, next_page_token }))
     }
 
@@ -132,7 +124,7 @@ impl ContentService for ContentApi {
             .list_items(&request.course_id, &request.skill_id, request.include_retired, &after, limit)
             .await
             .map_err(ContentError::from)?;
-        let next_page_token = next_token(&items, limit, |i| &i.item_id);
+        let next_page_token = page::next_token(&items, limit, |i| i.item_id.clone());
         Ok(Response::new(ListItemsResponse { items, next_page_token }))
     }
 

@@ -131,12 +131,8 @@ fn item(item: &Item) -> Result<(), FieldViolation> {
     range("difficulty", item.difficulty, MIN_DIFFICULTY, MAX_DIFFICULTY)
 }
 
-pub fn item_ids(field: &str, ids: &[String]) -> Result<(), FieldViolation> {
-    count(field, ids, MAX_IDS_PER_BATCH_GET)?;
-    for (i, item_id) in ids.iter().enumerate() {
-        id(&format!("{field}[{i}]"), item_id)?;
-    }
-    Ok(())
+pub fn item_ids(field: &str, values: &[String]) -> Result<(), FieldViolation> {
+    alp_runtime::validate::ids(field, values, MAX_IDS_PER_BATCH_GET)
 }
 
 /// PostgreSQL's English configuration ignores these (the Snowball list); dropping them here too

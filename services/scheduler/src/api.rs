@@ -13,7 +13,7 @@ use alp_proto::scoring::v1::{ApplyAttemptRequest, Candidate, ScoreCandidatesRequ
 use alp_proto::user::v1::ProgressEvent;
 use alp_runtime::FieldViolation;
 use alp_runtime::page;
-use alp_runtime::time::{duration, millis, now_millis, timestamp};
+use alp_runtime::time::{duration, millis, now_millis, timestamp, timestamp_millis};
 use alp_runtime::validate::{id, optional_id, page_size};
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -88,7 +88,7 @@ fn candidate(item: &Item, memory: Option<&MemoryRow>) -> Candidate {
 
 /// When scoring is unavailable: due reviews soonest first, then new items in course order.
 fn fallback_ranking(candidates: &[Candidate], mode: Mode, count: usize, now: i64) -> Vec<ScoredItem> {
-    let due_ms = |c: &Candidate| c.due_time.as_ref().map(|t| t.seconds * 1000);
+    let due_ms = |c: &Candidate| c.due_time.as_ref().map(timestamp_millis);
     let mut due: Vec<&Candidate> = candidates.iter().filter(|c| due_ms(c).is_some_and(|d| d <= now)).collect();
     due.sort_by_key(|c| due_ms(c));
     let fresh = candidates.iter().filter(|c| c.memory.is_none());
@@ -281,7 +281,7 @@ impl SchedulerService for SchedulerApi {
             .map_err(|s| SchedulerError::downstream("scoring", &s))?
             .into_inner();
         let memory = applied.memory.unwrap_or_default();
-        let due_ms = applied.due_time.as_ref().map_or(answer_ms, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000));
+        let due_ms = applied.due_time.as_ref().map_or(answer_ms, timestamp_millis);
 
         let attempt = AttemptRow {
             attempt_id: request.attempt_id.clone(),
@@ -357,10 +357,7 @@ impl SchedulerService for SchedulerApi {
             .due_items(&request.learner_id, &request.course_id, due_before, after, limit)
             .await
             .map_err(SchedulerError::from)?;
-        let next_page_token = match rows.last() {
-            Some(last) if rows.len() == limit as usize => page::encode(&format!("{}|{}", last.due_ms, last.item_id)),
-            _ => String::new(),
-        };
+        let next_page_token = page::next_token(&rows, limit, |m| format!("{}|{}", m.due_ms, m.item_id));
         let items = rows
             .into_iter()
             .map(|m| DueItem {

@@ -38,7 +38,11 @@ impl OutboxRelay {
     pub async fn run(self, stop: CancellationToken) {
         let mut backoff = MIN_BACKOFF;
         loop {
-            let delay = match self.deliver_once().await {
+            let delivered = self.deliver_once().await;
+            if !matches!(delivered, Ok(0)) {
+                self.report_pending().await;
+            }
+            let delay = match delivered {
                 Ok(0) => {
                     backoff = MIN_BACKOFF;
                     tokio::select! {
@@ -63,6 +67,13 @@ impl OutboxRelay {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}
             }
+        }
+    }
+
+    /// Publishes how many events wait, so an outage of the user service shows as a growing gauge.
+    async fn report_pending(&self) {
+        if let Ok(depth) = self.store.outbox_depth().await {
+            metrics::gauge!("alp_scheduler_outbox_pending").set(depth as f64);
         }
     }
 

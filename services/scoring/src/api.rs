@@ -129,8 +129,7 @@ impl ScoringService for ScoringApi {
 
         // Ability and difficulty are prior knowledge: only first attempts move them; later
         // attempts are memory, which FSRS tracks.
-        let correct =
-            if request.rating == Rating::Unspecified as i32 { request.correct } else { rating != Rating::Again };
+        let correct = rating != Rating::Again;
         let surprise = f64::from(u8::from(correct)) - p;
         let (ability_deltas, difficulty_delta) = if prior.is_none() {
             let deltas = request

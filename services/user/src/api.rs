@@ -96,10 +96,7 @@ impl UserService for UserApi {
         let limit = page_size("page_size", request.page_size, 100, 1000).map_err(UserError::from)?;
         let after = page::decode("page_token", &request.page_token).map_err(UserError::from)?.unwrap_or_default();
         let learners = self.store.list_learners(&after, limit).await.map_err(UserError::from)?;
-        let next_page_token = match learners.last() {
-            Some(last) if learners.len() == limit as usize => page::encode(&last.learner_id),
-            _ => String::new(),
-        };
+        let next_page_token = page::next_token(&learners, limit, |l| l.learner_id.clone());
         Ok(Response::new(ListLearnersResponse { learners, next_page_token }))
     }
 

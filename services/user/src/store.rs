@@ -139,8 +139,8 @@ impl UserStore {
     /// Deletes a learner with their enrolments and progress; false when there was none.
     pub async fn delete_learner(&self, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.db.begin_write().await?;
-        // Children first: SQLite enforces ON DELETE CASCADE only with foreign_keys on, and we
-        // do not rely on it.
+        // Children first and explicitly, so the delete does not hang on each connection's
+        // foreign-key settings (SQLite cascades only with PRAGMA foreign_keys on).
         for table in ["progress_events", "skill_progress", "course_progress", "enrolments"] {
             sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE learner_id = $1")))
                 .bind(id.to_owned())
@@ -292,8 +292,7 @@ impl UserStore {
                 outcome.duplicates += 1;
                 continue;
             }
-            let answered =
-                event.answer_time.as_ref().map_or(now, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000));
+            let answered = event.answer_time.as_ref().map_or(now, alp_runtime::time::timestamp_millis);
             let correct = i64::from(event.correct);
             sqlx::query(
                 "INSERT INTO course_progress AS p (learner_id, course_id, attempt_count, correct_count, items_seen, last_attempt_time)

@@ -96,12 +96,8 @@ fn retention(field: &str, value: f64) -> Result<(), FieldViolation> {
     range(field, value, 0.70, 0.97)
 }
 
-pub fn learner_ids(field: &str, ids: &[String]) -> Result<(), FieldViolation> {
-    count(field, ids, MAX_IDS_PER_BATCH_GET)?;
-    for (i, learner_id) in ids.iter().enumerate() {
-        id(&format!("{field}[{i}]"), learner_id)?;
-    }
-    Ok(())
+pub fn learner_ids(field: &str, values: &[String]) -> Result<(), FieldViolation> {
+    alp_runtime::validate::ids(field, values, MAX_IDS_PER_BATCH_GET)
 }
 
 pub fn events(events: &[ProgressEvent]) -> Result<(), FieldViolation> {
