@@ -536,7 +536,7 @@ async fn every_rpc_works_over_grpc_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_works_over_grpc_on_postgres() {
-    let Some(admin) = common::postgres_admin_url() else { return };
+    let Some(admin) = alp_runtime::testing::postgres_admin_url() else { return };
     let databases = common::postgres_databases(&admin).await;
     every_rpc(common::start(databases, None).await).await;
 }

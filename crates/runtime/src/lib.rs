@@ -10,6 +10,8 @@ pub mod metrics;
 pub mod page;
 pub mod server;
 pub mod shutdown;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 pub mod validate;
 

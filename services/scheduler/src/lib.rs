@@ -20,6 +20,7 @@ use tonic::service::Routes;
 
 pub use api::SchedulerApi;
 pub use error::SchedulerError;
+pub use store::{AttemptRow, ExportFilter, MemoryRow, SchedulerStore};
 
 pub const SERVICE_NAME: &str = scheduler_service_server::SERVICE_NAME;
 

@@ -16,7 +16,7 @@ use tonic::service::Routes;
 
 pub use api::ScoringApi;
 pub use error::ScoringError;
-pub use store::ScoringStore;
+pub use store::{AppliedAttempt, AttemptEffects, Estimate, ScoringStore};
 
 pub const SERVICE_NAME: &str = scoring_service_server::SERVICE_NAME;
 

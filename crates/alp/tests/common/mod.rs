@@ -7,9 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use alp::suite::{self, Addresses, Databases, Listeners};
-use alp_runtime::db::DatabaseConfig;
 use alp_runtime::server::ServerConfig;
-use sqlx::Connection;
+use alp_runtime::testing;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -35,45 +34,12 @@ pub fn test_server_config() -> ServerConfig {
     }
 }
 
-/// The PostgreSQL admin URL, or None when PostgreSQL tests are not wanted here. With
-/// ALP_REQUIRE_POSTGRES=1 (the test command) a missing URL fails instead of skipping.
-pub fn postgres_admin_url() -> Option<String> {
-    match std::env::var("ALP_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("ALP_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-                "ALP_REQUIRE_POSTGRES=1 but ALP_TEST_POSTGRES_URL is not set"
-            );
-            eprintln!("skipping PostgreSQL: ALP_TEST_POSTGRES_URL is not set (scripts/test.sh sets it)");
-            None
-        }
-    }
-}
-
-/// A fresh, empty PostgreSQL database for one service of one test.
-pub async fn fresh_postgres(admin_url: &str, service: &str) -> DatabaseConfig {
-    let name = format!("alp_test_{}_{}", service, uuid::Uuid::new_v4().simple());
-    let mut admin = sqlx::postgres::PgConnection::connect(admin_url).await.expect("connect to PostgreSQL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
-    admin.close().await.unwrap();
-    let base = admin_url.rsplit_once('/').map_or(admin_url, |(base, _)| base);
-    DatabaseConfig {
-        url: format!("{base}/{name}"),
-        application_name: format!("alp-{service}-test"),
-        max_connections: 10,
-        min_connections: 1,
-        acquire_timeout: Duration::from_secs(2),
-        statement_timeout: Duration::from_secs(10),
-    }
-}
-
 pub async fn postgres_databases(admin_url: &str) -> Databases {
     Databases {
-        content: fresh_postgres(admin_url, "content").await,
-        user: fresh_postgres(admin_url, "user").await,
-        scoring: fresh_postgres(admin_url, "scoring").await,
-        scheduler: fresh_postgres(admin_url, "scheduler").await,
+        content: testing::postgres(admin_url, "content").await.config,
+        user: testing::postgres(admin_url, "user").await.config,
+        scoring: testing::postgres(admin_url, "scoring").await.config,
+        scheduler: testing::postgres(admin_url, "scheduler").await.config,
     }
 }
 

@@ -1,0 +1,150 @@
+//! The scheduler store's contract, the same on SQLite and PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use alp_proto::user::v1::ProgressEvent;
+use alp_runtime::testing::on_every_backend;
+use alp_scheduler::{AttemptRow, ExportFilter, MIGRATIONS, MemoryRow, SchedulerStore};
+
+fn attempt(id: &str, learner: &str, item: &str, record_ms: i64) -> AttemptRow {
+    AttemptRow {
+        attempt_id: id.into(),
+        learner_id: learner.into(),
+        course_id: "math".into(),
+        item_id: item.into(),
+        rating: 3,
+        correct: true,
+        response_ms: 2500,
+        answer_ms: record_ms - 100,
+        record_ms,
+        stability: 2.0,
+        difficulty: 5.0,
+        due_ms: record_ms + 86_400_000,
+        predicted_recall: 0.0,
+        predicted_success: 0.7,
+    }
+}
+
+fn memory(item: &str, due_ms: i64, lapses: i64) -> MemoryRow {
+    MemoryRow {
+        item_id: item.into(),
+        course_id: "math".into(),
+        stability: 2.0,
+        difficulty: 5.0,
+        last_review_ms: due_ms - 1000,
+        due_ms,
+        last_rating: 3,
+        review_count: 1,
+        lapse_count: lapses,
+    }
+}
+
+fn event(attempt: &AttemptRow) -> ProgressEvent {
+    ProgressEvent {
+        attempt_id: attempt.attempt_id.clone(),
+        learner_id: attempt.learner_id.clone(),
+        course_id: attempt.course_id.clone(),
+        item_id: attempt.item_id.clone(),
+        correct: attempt.correct,
+        ..ProgressEvent::default()
+    }
+}
+
+async fn record(store: &SchedulerStore, id: &str, learner: &str, item: &str, at: i64, lapses: i64) -> bool {
+    let row = attempt(id, learner, item, at);
+    store.record(&row, &memory(item, row.due_ms, lapses), &event(&row)).await.unwrap()
+}
+
+#[tokio::test]
+async fn an_attempt_id_is_recorded_once_with_its_memory_state_and_outbox_event() {
+    on_every_backend("scheduler", MIGRATIONS, |db| async move {
+        let store = SchedulerStore::new(db);
+        assert!(record(&store, "a1", "l1", "i1", 1_000_000, 0).await);
+        assert!(!record(&store, "a1", "l1", "i1", 2_000_000, 1).await, "a retry writes nothing");
+
+        let stored = store.attempt("a1").await.unwrap().unwrap();
+        assert_eq!(stored.record_ms, 1_000_000);
+        assert_eq!(store.outbox_depth().await.unwrap(), 1);
+        let state = store.memory_state("l1", "i1").await.unwrap().unwrap();
+        assert_eq!((state.review_count, state.lapse_count), (1, 0));
+
+        // a second attempt at the item advances the state and counts the lapse
+        assert!(record(&store, "a2", "l1", "i1", 3_000_000, 1).await);
+        let state = store.memory_state("l1", "i1").await.unwrap().unwrap();
+        assert_eq!(
+            (state.review_count, state.lapse_count, state.last_review_ms),
+            (2, 1, 3_000_000 + 86_400_000 - 1000)
+        );
+        assert!(store.memory_state("l1", "i9").await.unwrap().is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn due_items_come_soonest_first_and_page_by_cursor() {
+    on_every_backend("scheduler", MIGRATIONS, |db| async move {
+        let store = SchedulerStore::new(db);
+        // due times: i1 and i2 tie, i3 later, i4 not yet due; another learner's item is invisible
+        for (n, (item, at)) in [("i3", 3_000), ("i2", 1_000), ("i1", 1_000), ("i4", 9_000)].iter().enumerate() {
+            assert!(record(&store, &format!("a{n}"), "l1", item, at - 86_400_000, 0).await);
+        }
+        assert!(record(&store, "b1", "l2", "i1", 0, 0).await);
+
+        let all: Vec<String> =
+            store.memory_states("l1", "math").await.unwrap().into_iter().map(|m| m.item_id).collect();
+        assert_eq!(all, ["i1", "i2", "i3", "i4"]);
+        let first = store.due_items("l1", "", 5_000, None, 2).await.unwrap();
+        assert_eq!(first.iter().map(|m| m.item_id.as_str()).collect::<Vec<_>>(), ["i1", "i2"]);
+        let cursor = first.last().map(|m| (m.due_ms, m.item_id.clone()));
+        let rest = store.due_items("l1", "math", 5_000, cursor, 2).await.unwrap();
+        assert_eq!(rest.iter().map(|m| m.item_id.as_str()).collect::<Vec<_>>(), ["i3"]);
+        assert!(store.due_items("l1", "lang", 5_000, None, 10).await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn export_pages_in_recording_order_with_filters() {
+    on_every_backend("scheduler", MIGRATIONS, |db| async move {
+        let store = SchedulerStore::new(db);
+        for n in 0..5 {
+            let learner = if n % 2 == 0 { "l1" } else { "l2" };
+            assert!(record(&store, &format!("a{n}"), learner, &format!("i{n}"), 1_000 * (n + 1), 0).await);
+        }
+        let everything = ExportFilter { end_ms: i64::MAX, ..ExportFilter::default() };
+        let mut seen = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store.export(&everything, after, 2).await.unwrap();
+            let Some((last, _)) = page.last() else { break };
+            after = *last;
+            seen.extend(page.into_iter().map(|(_, a)| a.attempt_id));
+        }
+        assert_eq!(seen, ["a0", "a1", "a2", "a3", "a4"]);
+
+        let l1 = ExportFilter { learner_id: "l1".into(), start_ms: 2_000, end_ms: 5_000, ..ExportFilter::default() };
+        let ids: Vec<String> = store.export(&l1, 0, 10).await.unwrap().into_iter().map(|(_, a)| a.attempt_id).collect();
+        assert_eq!(ids, ["a2"], "start inclusive, end exclusive");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_outbox_hands_out_events_oldest_first_until_deleted() {
+    on_every_backend("scheduler", MIGRATIONS, |db| async move {
+        let store = SchedulerStore::new(db);
+        for n in 0..3 {
+            assert!(record(&store, &format!("a{n}"), "l1", &format!("i{n}"), 1_000 + n, 0).await);
+        }
+        let batch = store.outbox_batch(2).await.unwrap();
+        let ids: Vec<&str> = batch.iter().map(|(_, e)| e.attempt_id.as_str()).collect();
+        assert_eq!(ids, ["a0", "a1"]);
+        store.outbox_delete(&batch.iter().map(|(seq, _)| *seq).collect::<Vec<_>>()).await.unwrap();
+        assert_eq!(store.outbox_depth().await.unwrap(), 1);
+        let rest = store.outbox_batch(10).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].1.attempt_id, "a2");
+        store.outbox_delete(&[]).await.unwrap();
+    })
+    .await;
+}

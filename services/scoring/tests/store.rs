@@ -1,0 +1,79 @@
+//! The scoring store's contract, the same on SQLite and PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use alp_proto::scoring::v1::ApplyAttemptResponse;
+use alp_runtime::testing::on_every_backend;
+use alp_scoring::{AttemptEffects, Estimate, MIGRATIONS, ScoringStore};
+
+fn effects(attempt: &str, learner: &str, item: &str, ability: f64, difficulty: Option<(f64, f64)>) -> AttemptEffects {
+    AttemptEffects {
+        attempt_id: attempt.into(),
+        learner_id: learner.into(),
+        item_id: item.into(),
+        response: ApplyAttemptResponse { predicted_success: 0.5, ability, ..ApplyAttemptResponse::default() },
+        ability_deltas: vec![("s1".into(), ability)],
+        difficulty_delta: difficulty,
+    }
+}
+
+#[tokio::test]
+async fn an_attempt_is_applied_once_and_its_answer_kept() {
+    on_every_backend("scoring", MIGRATIONS, |db| async move {
+        let store = ScoringStore::new(db);
+        assert!(store.applied("a1").await.unwrap().is_none());
+        assert!(store.apply(&effects("a1", "l1", "i1", 0.4, Some((1.0, -0.4)))).await.unwrap());
+        // the same id again writes nothing, whatever it carries
+        assert!(!store.apply(&effects("a1", "l1", "i1", 9.0, Some((1.0, 9.0)))).await.unwrap());
+
+        let applied = store.applied("a1").await.unwrap().unwrap();
+        assert_eq!((applied.learner_id.as_str(), applied.item_id.as_str()), ("l1", "i1"));
+        assert_eq!(applied.response.ability, 0.4);
+        assert_eq!(store.abilities("l1").await.unwrap()["s1"], Estimate { value: 0.4, attempts: 1 });
+        let calibration = store.calibration(&["i1".into(), "i2".into()]).await.unwrap();
+        assert_eq!(calibration.len(), 1);
+        assert!((calibration["i1"].value - 0.6).abs() < 1e-12, "initial 1.0 plus delta -0.4");
+        assert_eq!(store.attempt_count("l1").await.unwrap(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_attempts_add_up_instead_of_overwriting() {
+    on_every_backend("scoring", MIGRATIONS, |db| async move {
+        let store = ScoringStore::new(db);
+        let tasks: Vec<_> = (0..20)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store.apply(&effects(&format!("a{n}"), "l1", "i1", 0.125, Some((0.0, 0.25)))).await.unwrap()
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert!(task.await.unwrap());
+        }
+        let ability = store.abilities("l1").await.unwrap()["s1"];
+        assert_eq!(ability, Estimate { value: 2.5, attempts: 20 });
+        let difficulty = store.calibration(&["i1".into()]).await.unwrap()["i1"];
+        assert_eq!(difficulty, Estimate { value: 5.0, attempts: 20 });
+        assert_eq!(store.attempt_count("l1").await.unwrap(), 20);
+        assert_eq!(store.attempt_count("l2").await.unwrap(), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn calibration_reads_large_id_lists_in_chunks() {
+    on_every_backend("scoring", MIGRATIONS, |db| async move {
+        let store = ScoringStore::new(db);
+        for n in 0..3 {
+            store.apply(&effects(&format!("a{n}"), "l1", &format!("i{n}"), 0.0, Some((n as f64, 0.0)))).await.unwrap();
+        }
+        let ids: Vec<String> = (0..1200).map(|n| format!("i{n}")).collect();
+        let found = store.calibration(&ids).await.unwrap();
+        assert_eq!(found.len(), 3);
+        assert_eq!(found["i2"].value, 2.0);
+    })
+    .await;
+}
