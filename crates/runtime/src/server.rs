@@ -23,6 +23,9 @@ pub struct ServerConfig {
     /// How long to answer NOT_SERVING before closing listeners, so load balancers and kubelet
     /// stop sending new calls first.
     pub drain_delay: Duration,
+    /// How long in-flight calls and open streams (health watches, exports) may run on after the
+    /// listener closes; whatever is still open then is cut off.
+    pub shutdown_grace: Duration,
     /// Largest request message accepted; larger ones get RESOURCE_EXHAUSTED / OUT_OF_RANGE.
     pub max_message_bytes: usize,
     /// How often readiness (database, downstreams) is re-checked.
@@ -33,6 +36,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             drain_delay: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(20),
             max_message_bytes: 4 * 1024 * 1024,
             readiness_interval: Duration::from_secs(2),
         }
@@ -44,6 +48,10 @@ pub struct ServerArgs {
     /// Time between NOT_SERVING and closing the listener on SIGTERM.
     #[arg(long = "drain-delay", env = "ALP_DRAIN_DELAY", default_value = "5s", value_parser = crate::time::parse_duration)]
     pub drain_delay: Duration,
+    /// Longest wait for in-flight calls after the listener closes; drain delay plus this should
+    /// stay below Kubernetes' terminationGracePeriodSeconds.
+    #[arg(long = "shutdown-grace", env = "ALP_SHUTDOWN_GRACE", default_value = "20s", value_parser = crate::time::parse_duration)]
+    pub shutdown_grace: Duration,
     /// Largest accepted request message in bytes.
     #[arg(long = "max-message-bytes", env = "ALP_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
@@ -56,6 +64,7 @@ impl From<&ServerArgs> for ServerConfig {
     fn from(args: &ServerArgs) -> Self {
         Self {
             drain_delay: args.drain_delay,
+            shutdown_grace: args.shutdown_grace,
             max_message_bytes: args.max_message_bytes,
             readiness_interval: args.readiness_interval,
         }
@@ -171,13 +180,25 @@ pub async fn run(
     };
 
     let routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
-    let result = tonic::transport::Server::builder()
+    let serving = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(RpcMetricsLayer)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
-        .await;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    // Graceful shutdown waits for every open stream, and a health Watch never ends by itself.
+    let grace = config.shutdown_grace;
+    let cut_off = async {
+        draining.cancelled().await;
+        tokio::time::sleep(drain_delay + grace).await;
+    };
+    let result = tokio::select! {
+        result = serving => result,
+        () = cut_off => {
+            tracing::warn!(service = service_name, grace_ms = grace.as_millis() as u64, "calls still open after the shutdown grace; closing them");
+            Ok(())
+        }
+    };
     draining.cancel();
     let _ = monitor.await;
     tracing::info!(service = service_name, "stopped");
