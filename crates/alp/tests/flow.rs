@@ -470,6 +470,12 @@ async fn scheduler_rpcs(c: &mut Clients) {
         .unwrap()
         .into_inner();
     assert!(now_due.items.is_empty());
+    let ghost = c
+        .scheduler
+        .list_due_items(ListDueItemsRequest { learner_id: "ghost".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!((ghost.code(), ghost.message()), (Code::NotFound, "learner \"ghost\" not found"));
 
     let mut stream = c
         .scheduler

@@ -352,11 +352,16 @@ impl SchedulerService for SchedulerApi {
                 Some((due.parse::<i64>().map_err(|_| invalid())?, item.to_owned()))
             }
         };
+        let first_page = after.is_none();
         let rows = self
             .store
             .due_items(&request.learner_id, &request.course_id, due_before, after, limit)
             .await
             .map_err(SchedulerError::from)?;
+        if rows.is_empty() && first_page {
+            // Nothing due and no such learner look alike; only the user service can tell them apart.
+            self.downstream.learner(&request.learner_id).await?;
+        }
         let next_page_token = page::next_token(&rows, limit, |m| format!("{}|{}", m.due_ms, m.item_id));
         let items = rows
             .into_iter()
