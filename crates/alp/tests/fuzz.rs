@@ -10,8 +10,8 @@ mod common;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use alp_proto::scheduler::v1::ListDueItemsRequest;
 use alp_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
+use alp_proto::scheduler::v1::{ListDueItemsRequest, NextItemsRequest};
 use alp_proto::user::v1::user_service_client::UserServiceClient;
 use alp_proto::user::v1::{CreateLearnerRequest, EnrolLearnerRequest, Learner};
 use prost_reflect::{
@@ -283,8 +283,17 @@ async fn no_input_crashes_a_service_or_slips_past_validation() {
     ] {
         common::wait_serving(address, service).await;
     }
+    // The fuzz may have deleted its learner; a new one practises normally.
+    let learner = Learner { learner_id: "after-fuzz".into(), display_name: "After".into(), ..Learner::default() };
+    users.create_learner(CreateLearnerRequest { learner: Some(learner) }).await.unwrap();
+    users
+        .enrol_learner(EnrolLearnerRequest { learner_id: "after-fuzz".into(), course_id: "arithmetic".into() })
+        .await
+        .unwrap();
     let mut scheduler = SchedulerServiceClient::new(common::channel(running.addresses.scheduler));
-    let due = ListDueItemsRequest { learner_id: LEARNER.into(), ..ListDueItemsRequest::default() };
+    let next = NextItemsRequest { learner_id: "after-fuzz".into(), course_id: "arithmetic".into(), count: 3, mode: 0 };
+    assert_eq!(scheduler.next_items(next).await.unwrap().into_inner().items.len(), 3);
+    let due = ListDueItemsRequest { learner_id: "after-fuzz".into(), ..ListDueItemsRequest::default() };
     scheduler.list_due_items(due).await.unwrap();
     running.shutdown().await;
 }
