@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use alp_proto::common::v1::{MemoryState, Mode, Rating, Reason};
+use alp_proto::common::v1::{MemoryPhase, MemoryState, Mode, Rating, Reason};
 use alp_proto::content::v1::content_service_client::ContentServiceClient;
 use alp_proto::content::v1::*;
 use alp_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
@@ -365,7 +365,7 @@ async fn scoring_rpcs(c: &mut Clients) {
             learner_id: "grace".into(),
             queries: vec![RecallQuery {
                 item_id: "mul-1".into(),
-                memory: Some(MemoryState { stability: 10.0, difficulty: 5.0 }),
+                memory: Some(MemoryState { stability: 10.0, difficulty: 5.0, ..Default::default() }),
                 last_review_time: Some(alp_runtime::time::timestamp(now - 10 * 86_400_000)),
             }],
             at: Some(alp_runtime::time::timestamp(now)),
@@ -383,7 +383,7 @@ async fn scoring_rpcs(c: &mut Clients) {
                 Candidate { item_id: "a".into(), skill_ids: vec!["x".into()], ..Default::default() },
                 Candidate {
                     item_id: "b".into(),
-                    memory: Some(MemoryState { stability: 1.0, difficulty: 5.0 }),
+                    memory: Some(MemoryState { stability: 1.0, difficulty: 5.0, ..Default::default() }),
                     last_review_time: Some(alp_runtime::time::timestamp(now - 30 * 86_400_000)),
                     ..Default::default()
                 },
@@ -450,7 +450,8 @@ async fn scheduler_rpcs(c: &mut Clients) {
     assert_eq!(err.code(), Code::NotFound);
     c.scheduler.submit_attempt(submit("ada-4", "ada", "sub-1", true)).await.unwrap();
 
-    // The failed item is due again after its relearning step, not before.
+    // New items go through the learning steps: the failed one is due again in a minute, the
+    // correct one in ten; neither is due yet.
     let in_an_hour = alp_runtime::time::timestamp(alp_runtime::time::now_millis() + 3_600_000);
     let due = c
         .scheduler
@@ -462,7 +463,9 @@ async fn scheduler_rpcs(c: &mut Clients) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(due.items.iter().map(|d| d.item_id.as_str()).collect::<Vec<_>>(), vec!["add-1"]);
+    assert_eq!(due.items.iter().map(|d| d.item_id.as_str()).collect::<Vec<_>>(), vec!["add-1", "sub-1"]);
+    let phases: Vec<i32> = due.items.iter().map(|d| d.memory.unwrap_or_default().phase).collect();
+    assert_eq!(phases, vec![MemoryPhase::Learning as i32; 2]);
     let now_due = c
         .scheduler
         .list_due_items(ListDueItemsRequest { learner_id: "ada".into(), ..Default::default() })

@@ -273,6 +273,7 @@ impl SchedulerService for SchedulerApi {
                 correct,
                 prior_memory: prior.as_ref().map(MemoryRow::memory),
                 last_review_time: prior.as_ref().map(|p| timestamp(p.last_review_ms)),
+                prior_due_time: prior.as_ref().map(|p| timestamp(p.due_ms)),
                 answer_time: Some(timestamp(answer_ms)),
                 response_time: Some(duration(response_ms)),
                 desired_retention: retention,
@@ -309,6 +310,8 @@ impl SchedulerService for SchedulerApi {
             last_rating: rating as i32,
             review_count: 1,
             lapse_count: i64::from(rating == Rating::Again && prior.is_some()),
+            phase: memory.phase,
+            step: memory.step,
         };
         let event = ProgressEvent {
             attempt_id: request.attempt_id.clone(),

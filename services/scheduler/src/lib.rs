@@ -27,12 +27,20 @@ pub const SERVICE_NAME: &str = scheduler_service_server::SERVICE_NAME;
 /// DESIGN.md §1: 100 open / 20 idle per pod.
 pub const POOL_DEFAULTS: PoolDefaults = PoolDefaults { max_connections: 100, min_connections: 20 };
 
-pub const MIGRATIONS: &[MigrationStep] = &[MigrationStep {
-    version: 1,
-    description: "scheduler",
-    postgres: include_str!("../migrations/postgres/0001_scheduler.sql"),
-    sqlite: include_str!("../migrations/sqlite/0001_scheduler.sql"),
-}];
+pub const MIGRATIONS: &[MigrationStep] = &[
+    MigrationStep {
+        version: 1,
+        description: "scheduler",
+        postgres: include_str!("../migrations/postgres/0001_scheduler.sql"),
+        sqlite: include_str!("../migrations/sqlite/0001_scheduler.sql"),
+    },
+    MigrationStep {
+        version: 2,
+        description: "memory phase",
+        postgres: include_str!("../migrations/postgres/0002_memory_phase.sql"),
+        sqlite: include_str!("../migrations/sqlite/0002_memory_phase.sql"),
+    },
+];
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {

@@ -22,11 +22,14 @@ pub struct MemoryRow {
     pub last_rating: i32,
     pub review_count: i64,
     pub lapse_count: i64,
+    /// `MemoryPhase` of the proto.
+    pub phase: i32,
+    pub step: u32,
 }
 
 impl MemoryRow {
     pub fn memory(&self) -> MemoryState {
-        MemoryState { stability: self.stability, difficulty: self.difficulty }
+        MemoryState { stability: self.stability, difficulty: self.difficulty, phase: self.phase, step: self.step }
     }
 }
 
@@ -61,7 +64,11 @@ impl AttemptRow {
             response_time: Some(duration(self.response_ms)),
             answer_time: Some(timestamp(self.answer_ms)),
             record_time: Some(timestamp(self.record_ms)),
-            memory: Some(MemoryState { stability: self.stability, difficulty: self.difficulty }),
+            memory: Some(MemoryState {
+                stability: self.stability,
+                difficulty: self.difficulty,
+                ..MemoryState::default()
+            }),
             due_time: Some(timestamp(self.due_ms)),
             predicted_recall: self.predicted_recall,
             predicted_success: self.predicted_success,
@@ -85,8 +92,8 @@ pub struct SchedulerStore {
 
 const ATTEMPT_COLUMNS: &str = "attempt_id, learner_id, course_id, item_id, rating, correct, response_ms, answer_time, \
      record_time, stability, difficulty, due_time, predicted_recall, predicted_success";
-const MEMORY_COLUMNS: &str =
-    "item_id, course_id, stability, difficulty, last_review_time, due_time, last_rating, review_count, lapse_count";
+const MEMORY_COLUMNS: &str = "item_id, course_id, stability, difficulty, last_review_time, due_time, last_rating, \
+     review_count, lapse_count, phase, step";
 
 impl SchedulerStore {
     pub fn new(db: Database) -> Self {
@@ -187,12 +194,13 @@ impl SchedulerStore {
             return Ok(false);
         }
         sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO memory_states AS m (learner_id, {MEMORY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            "INSERT INTO memory_states AS m (learner_id, {MEMORY_COLUMNS})
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
              ON CONFLICT (learner_id, item_id) DO UPDATE SET
                 stability = excluded.stability, difficulty = excluded.difficulty,
                 last_review_time = excluded.last_review_time, due_time = excluded.due_time,
                 last_rating = excluded.last_rating, review_count = m.review_count + 1,
-                lapse_count = m.lapse_count + excluded.lapse_count"
+                lapse_count = m.lapse_count + excluded.lapse_count, phase = excluded.phase, step = excluded.step"
         )))
         .bind(&attempt.learner_id)
         .bind(&memory.item_id)
@@ -204,6 +212,8 @@ impl SchedulerStore {
         .bind(i64::from(memory.last_rating))
         .bind(memory.review_count)
         .bind(memory.lapse_count)
+        .bind(i64::from(memory.phase))
+        .bind(i64::from(memory.step))
         .execute(&mut *tx)
         .await?;
         sqlx::query("INSERT INTO outbox (attempt_id, event, create_time) VALUES ($1, $2, $3)")
@@ -304,5 +314,7 @@ fn memory_from_row(r: &AnyRow) -> Result<MemoryRow, StoreError> {
         last_rating: i32::try_from(r.try_get::<i64, _>(6)?).unwrap_or_default(),
         review_count: r.try_get(7)?,
         lapse_count: r.try_get(8)?,
+        phase: i32::try_from(r.try_get::<i64, _>(9)?).unwrap_or_default(),
+        step: u32::try_from(r.try_get::<i64, _>(10)?).unwrap_or_default(),
     })
 }

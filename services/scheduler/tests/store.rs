@@ -36,6 +36,8 @@ fn memory(item: &str, due_ms: i64, lapses: i64) -> MemoryRow {
         last_rating: 3,
         review_count: 1,
         lapse_count: lapses,
+        phase: 2,
+        step: 0,
     }
 }
 

@@ -2,15 +2,16 @@
 
 use std::sync::Arc;
 
-use alp_proto::common::v1::{MemoryState as MemoryProto, Rating};
+use alp_proto::common::v1::{MemoryPhase, MemoryState as MemoryProto, Rating};
 use alp_proto::scoring::v1::scoring_service_server::ScoringService;
 use alp_proto::scoring::v1::*;
 use alp_runtime::time::{duration, millis, now_millis, timestamp};
 use alp_runtime::validate::{count, id};
-use fsrs::{FSRS, MemoryState};
+use fsrs::MemoryState;
 use tonic::{Request, Response, Status};
 
 use crate::error::ScoringError;
+use crate::model::memory::{Card, MemoryModel, Phase, fuzz_unit};
 use crate::model::{self, CandidateState};
 use crate::store::{AttemptEffects, Estimate, ScoringStore};
 use crate::validate;
@@ -18,7 +19,7 @@ use crate::validate;
 #[derive(Clone)]
 pub struct ScoringApi {
     store: ScoringStore,
-    fsrs: Arc<FSRS>,
+    memory: Arc<MemoryModel>,
 }
 
 impl std::fmt::Debug for ScoringApi {
@@ -29,7 +30,7 @@ impl std::fmt::Debug for ScoringApi {
 
 impl ScoringApi {
     pub fn new(store: ScoringStore) -> Self {
-        Self { store, fsrs: Arc::new(FSRS::default()) }
+        Self { store, memory: Arc::new(MemoryModel::default()) }
     }
 }
 
@@ -39,8 +40,27 @@ fn to_fsrs(memory: &MemoryProto) -> MemoryState {
     MemoryState { stability: memory.stability as f32, difficulty: memory.difficulty as f32 }
 }
 
-fn to_proto(memory: MemoryState) -> MemoryProto {
-    MemoryProto { stability: f64::from(memory.stability), difficulty: f64::from(memory.difficulty) }
+fn to_proto(card: &Card) -> MemoryProto {
+    let phase = match card.phase {
+        Phase::Learning => MemoryPhase::Learning,
+        Phase::Review => MemoryPhase::Review,
+        Phase::Relearning => MemoryPhase::Relearning,
+    };
+    MemoryProto {
+        stability: f64::from(card.memory.stability),
+        difficulty: f64::from(card.memory.difficulty),
+        phase: phase as i32,
+        step: u32::try_from(card.step).unwrap_or(u32::MAX),
+    }
+}
+
+/// Unset (memory written before phases existed) and unknown values count as review.
+fn phase(memory: &MemoryProto) -> Phase {
+    match MemoryPhase::try_from(memory.phase) {
+        Ok(MemoryPhase::Learning) => Phase::Learning,
+        Ok(MemoryPhase::Relearning) => Phase::Relearning,
+        _ => Phase::Review,
+    }
 }
 
 /// The learner's ability on an item: the mean over its skills (0 for unseen skills).
@@ -79,6 +99,7 @@ impl ScoringService for ScoringApi {
             states.push(CandidateState {
                 item_id: c.item_id.clone(),
                 memory: c.memory.as_ref().map(to_fsrs),
+                phase: c.memory.as_ref().map_or(Phase::Review, phase),
                 last_review_ms,
                 due_ms,
                 last_rating: Rating::try_from(c.last_rating).unwrap_or(Rating::Unspecified),
@@ -87,7 +108,7 @@ impl ScoringService for ScoringApi {
                 guess: model::guess(c.choice_count),
             });
         }
-        let items = model::rank(&states, mode, request.count as usize, retention, now)
+        let items = model::rank(&self.memory, &states, mode, request.count as usize, retention, now)
             .into_iter()
             .map(|r| ScoredItem {
                 item_id: r.item_id,
@@ -109,7 +130,18 @@ impl ScoringService for ScoringApi {
             .map_err(ScoringError::from)?;
         let prior = match (&request.prior_memory, &request.last_review_time) {
             (Some(memory), Some(last)) => {
-                Some((to_fsrs(memory), millis("last_review_time", last).map_err(ScoringError::from)?))
+                let last_review_ms = millis("last_review_time", last).map_err(ScoringError::from)?;
+                let due_ms = match &request.prior_due_time {
+                    Some(due) => millis("prior_due_time", due).map_err(ScoringError::from)?,
+                    None => last_review_ms,
+                };
+                Some(Card {
+                    memory: to_fsrs(memory),
+                    phase: phase(memory),
+                    step: memory.step as usize,
+                    last_review_ms,
+                    interval_ms: due_ms.saturating_sub(last_review_ms).max(0),
+                })
             }
             _ => None,
         };
@@ -125,7 +157,11 @@ impl ScoringService for ScoringApi {
         let theta = ability(&abilities, &request.skill_ids);
         let difficulty = item.map_or(request.initial_difficulty, |e| e.value);
         let p = model::success_probability(theta, difficulty, model::guess(request.choice_count));
-        let update = model::review(&self.fsrs, prior, rating, answer_ms, retention).map_err(ScoringError::Model)?;
+        let fuzz = Some(fuzz_unit(&request.attempt_id));
+        let update = self
+            .memory
+            .review(prior.as_ref(), rating, answer_ms, retention, fuzz)
+            .map_err(|e| ScoringError::Model(e.to_string()))?;
 
         // Ability and difficulty are prior knowledge: only first attempts move them; later
         // attempts are memory, which FSRS tracks.
@@ -144,9 +180,9 @@ impl ScoringService for ScoringApi {
         };
         let first_skill = request.skill_ids.first();
         let response = ApplyAttemptResponse {
-            memory: Some(to_proto(update.memory)),
+            memory: Some(to_proto(&update.card)),
             due_time: Some(timestamp(update.due_ms)),
-            interval: Some(duration(update.interval_ms)),
+            interval: Some(duration(update.card.interval_ms)),
             predicted_recall: update.recall_before,
             predicted_success: if prior.is_some() { update.recall_before } else { p },
             ability: first_skill.map_or(theta, |s| {
@@ -192,7 +228,7 @@ impl ScoringService for ScoringApi {
             let last = millis(&format!("queries[{i}].last_review_time"), last).map_err(ScoringError::from)?;
             predictions.push(RecallPrediction {
                 item_id: query.item_id.clone(),
-                recall: model::retrievability(to_fsrs(memory), at - last),
+                recall: self.memory.retrievability(to_fsrs(memory), at - last),
             });
         }
         Ok(Response::new(PredictRecallResponse { predictions }))
@@ -212,7 +248,7 @@ impl ScoringService for ScoringApi {
             model: Some(LearnerModel {
                 learner_id: request.learner_id,
                 skills,
-                fsrs_parameters: fsrs::DEFAULT_PARAMETERS.iter().map(|w| f64::from(*w)).collect(),
+                fsrs_parameters: self.memory.parameters().iter().map(|w| f64::from(*w)).collect(),
                 parameters_fitted: false,
                 attempt_count,
             }),

@@ -1,6 +1,6 @@
 //! Request checks for the scoring service.
 
-use alp_proto::common::v1::{MemoryState, Mode, Rating};
+use alp_proto::common::v1::{MemoryPhase, MemoryState, Mode, Rating};
 use alp_proto::scoring::v1::{ApplyAttemptRequest, Candidate, RecallQuery, ScoreCandidatesRequest};
 use alp_runtime::FieldViolation;
 use alp_runtime::validate::{count, id, range};
@@ -16,9 +16,19 @@ pub fn retention(field: &str, value: f64) -> Result<f64, FieldViolation> {
     Ok(value)
 }
 
+/// More (re)learning steps than any configuration uses.
+const MAX_STEP: u32 = 16;
+
 pub fn memory(field: &str, memory: &MemoryState) -> Result<(), FieldViolation> {
     range(&format!("{field}.stability"), memory.stability, 0.001, 36_500.0 * 100.0)?;
-    range(&format!("{field}.difficulty"), memory.difficulty, 1.0, 10.0)
+    range(&format!("{field}.difficulty"), memory.difficulty, 1.0, 10.0)?;
+    if MemoryPhase::try_from(memory.phase).is_err() {
+        return Err(FieldViolation::new(format!("{field}.phase"), "must be LEARNING, REVIEW or RELEARNING"));
+    }
+    if memory.step > MAX_STEP {
+        return Err(FieldViolation::new(format!("{field}.step"), format!("must be at most {MAX_STEP}")));
+    }
+    Ok(())
 }
 
 pub fn mode(value: i32) -> Result<Mode, FieldViolation> {

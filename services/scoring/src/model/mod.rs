@@ -1,69 +1,16 @@
 //! The learner and item models as pure functions: FSRS-6 memory (through the `fsrs` crate),
 //! Elo/Rasch ability and difficulty, and the ranking of candidates. No I/O here.
 
-use alp_proto::common::v1::{Mode, Rating, Reason};
-use fsrs::{FSRS, MemoryState};
+pub mod memory;
 
-pub const DAY_MS: i64 = 86_400_000;
-/// A failed item comes back after a short relearning step instead of a day.
-pub const RELEARN_STEP_MS: i64 = 10 * 60 * 1000;
+use alp_proto::common::v1::{Mode, Rating, Reason};
+use fsrs::MemoryState;
+
+use self::memory::{MemoryModel, Phase};
+
 pub const DEFAULT_RETENTION: f64 = 0.90;
 /// Target probability of success for new items.
 pub const TARGET_SUCCESS: f64 = 0.80;
-
-/// The FSRS-6 decay of the default parameters (w20).
-pub fn decay() -> f32 {
-    fsrs::DEFAULT_PARAMETERS[20]
-}
-
-/// Probability of recall `elapsed_ms` after the last review.
-pub fn retrievability(memory: MemoryState, elapsed_ms: i64) -> f64 {
-    let days = elapsed_ms.max(0) as f32 / DAY_MS as f32;
-    f64::from(fsrs::current_retrievability(memory, days, decay()))
-}
-
-/// The outcome of one review for the memory model.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MemoryUpdate {
-    pub memory: MemoryState,
-    pub interval_ms: i64,
-    pub due_ms: i64,
-    /// Probability of recall just before the review (0 on a first review).
-    pub recall_before: f64,
-}
-
-/// Applies a review to the memory state. `prior` is the state and time of the last review.
-pub fn review(
-    fsrs: &FSRS,
-    prior: Option<(MemoryState, i64)>,
-    rating: Rating,
-    answer_ms: i64,
-    desired_retention: f64,
-) -> Result<MemoryUpdate, String> {
-    let elapsed_ms = prior.map_or(0, |(_, last)| (answer_ms - last).max(0));
-    // FSRS counts whole days; a same-day review (0 days) uses its short-term stability formula.
-    let days = u32::try_from(elapsed_ms / DAY_MS).unwrap_or(u32::MAX);
-    let next = fsrs.next_states(prior.map(|(m, _)| m), desired_retention as f32, days).map_err(|e| e.to_string())?;
-    let state = match rating {
-        Rating::Again => next.again,
-        Rating::Hard => next.hard,
-        Rating::Easy => next.easy,
-        Rating::Good | Rating::Unspecified => next.good,
-    };
-    let interval_ms = if rating == Rating::Again {
-        RELEARN_STEP_MS
-    } else {
-        // Anki-style: intervals of a day or more are whole days.
-        let days = f64::from(state.interval).round().max(1.0);
-        (days * DAY_MS as f64) as i64
-    };
-    Ok(MemoryUpdate {
-        memory: state.memory,
-        interval_ms,
-        due_ms: answer_ms.saturating_add(interval_ms),
-        recall_before: prior.map_or(0.0, |(m, _)| retrievability(m, elapsed_ms)),
-    })
-}
 
 fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
@@ -89,6 +36,7 @@ pub fn elo_step(attempts: i64) -> f64 {
 pub struct CandidateState {
     pub item_id: String,
     pub memory: Option<MemoryState>,
+    pub phase: Phase,
     pub last_review_ms: i64,
     pub due_ms: Option<i64>,
     pub last_rating: Rating,
@@ -112,6 +60,7 @@ pub struct Ranked {
 /// to the target success rate, then not-yet-due reviews. Review: due reviews only. Mock test:
 /// the most informative items at the learner's ability.
 pub fn rank(
+    model: &MemoryModel,
     candidates: &[CandidateState],
     mode: Mode,
     count: usize,
@@ -124,7 +73,7 @@ pub fn rank(
             let elo = success_probability(c.ability, c.difficulty, c.guess);
             let (recall, success) = match c.memory {
                 Some(memory) => {
-                    let r = retrievability(memory, now_ms - c.last_review_ms);
+                    let r = model.retrievability(memory, now_ms - c.last_review_ms);
                     (r, r)
                 }
                 None => (0.0, elo),
@@ -134,7 +83,8 @@ pub fn rank(
                 Mode::MockTest => (Reason::MockTest, information(success, c.guess)),
                 Mode::Review if !due => return None,
                 _ if due => {
-                    let reason = if c.last_rating == Rating::Again { Reason::Relearn } else { Reason::DueReview };
+                    let stepping = c.phase != Phase::Review || c.last_rating == Rating::Again;
+                    let reason = if stepping { Reason::Relearn } else { Reason::DueReview };
                     (reason, 2.0 + (1.0 - recall))
                 }
                 Mode::Review => return None,
@@ -165,12 +115,14 @@ fn information(p: f64, g: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use super::memory::DAY_MS;
     use super::*;
 
     fn candidate(id: &str) -> CandidateState {
         CandidateState {
             item_id: id.to_owned(),
             memory: None,
+            phase: Phase::Review,
             last_review_ms: 0,
             due_ms: None,
             last_rating: Rating::Unspecified,
@@ -178,34 +130,6 @@ mod tests {
             difficulty: 0.0,
             guess: 0.0,
         }
-    }
-
-    #[test]
-    fn retrievability_is_ninety_percent_after_stability_days() {
-        let memory = MemoryState { stability: 10.0, difficulty: 5.0 };
-        assert!((retrievability(memory, 10 * DAY_MS) - 0.9).abs() < 1e-4);
-        assert!((retrievability(memory, 0) - 1.0).abs() < 1e-9);
-    }
-
-    #[test]
-    fn good_reviews_grow_the_interval_and_again_relearns_soon() {
-        let fsrs = FSRS::default();
-        let first = review(&fsrs, None, Rating::Good, 0, 0.9).unwrap();
-        assert!(first.interval_ms >= DAY_MS);
-        let second = review(&fsrs, Some((first.memory, 0)), Rating::Good, first.due_ms, 0.9).unwrap();
-        assert!(second.interval_ms > first.interval_ms);
-        assert!(second.memory.stability > first.memory.stability);
-        let lapse = review(&fsrs, Some((second.memory, first.due_ms)), Rating::Again, second.due_ms, 0.9).unwrap();
-        assert_eq!(lapse.interval_ms, RELEARN_STEP_MS);
-        assert!(lapse.memory.stability < second.memory.stability);
-    }
-
-    #[test]
-    fn higher_retention_means_shorter_intervals() {
-        let fsrs = FSRS::default();
-        let lax = review(&fsrs, None, Rating::Good, 0, 0.70).unwrap();
-        let strict = review(&fsrs, None, Rating::Good, 0, 0.97).unwrap();
-        assert!(strict.interval_ms < lax.interval_ms);
     }
 
     #[test]
@@ -230,7 +154,14 @@ mod tests {
         fresh.memory = Some(memory);
         fresh.last_review_ms = now - DAY_MS;
         let new = candidate("new");
-        let ranked = rank(&[fresh.clone(), new.clone(), due.clone(), overdue.clone()], Mode::Practice, 10, 0.9, now);
+        let ranked = rank(
+            &MemoryModel::default(),
+            &[fresh.clone(), new.clone(), due.clone(), overdue.clone()],
+            Mode::Practice,
+            10,
+            0.9,
+            now,
+        );
         let order: Vec<_> = ranked.iter().map(|r| (r.item_id.as_str(), r.reason)).collect();
         assert_eq!(
             order,
@@ -241,7 +172,7 @@ mod tests {
                 ("not-due", Reason::EarlyReview)
             ]
         );
-        let reviews = rank(&[fresh, new, due, overdue], Mode::Review, 10, 0.9, now);
+        let reviews = rank(&MemoryModel::default(), &[fresh, new, due, overdue], Mode::Review, 10, 0.9, now);
         assert_eq!(reviews.iter().map(|r| r.item_id.as_str()).collect::<Vec<_>>(), vec!["overdue", "due"]);
     }
 
@@ -253,7 +184,7 @@ mod tests {
         right.difficulty = -(TARGET_SUCCESS / (1.0 - TARGET_SUCCESS)).ln();
         let mut hard = candidate("hard");
         hard.difficulty = 3.0;
-        let ranked = rank(&[easy, hard, right], Mode::Practice, 2, 0.9, 0);
+        let ranked = rank(&MemoryModel::default(), &[easy, hard, right], Mode::Practice, 2, 0.9, 0);
         assert_eq!(ranked[0].item_id, "right");
         assert!((ranked[0].predicted_success - TARGET_SUCCESS).abs() < 1e-9);
         assert_eq!(ranked.len(), 2);
@@ -267,7 +198,7 @@ mod tests {
         let mut far = candidate("far");
         far.ability = 1.0;
         far.difficulty = -3.0;
-        let ranked = rank(&[far, at], Mode::MockTest, 1, 0.9, 0);
+        let ranked = rank(&MemoryModel::default(), &[far, at], Mode::MockTest, 1, 0.9, 0);
         assert_eq!(ranked[0].item_id, "at-ability");
         assert_eq!(ranked[0].reason, Reason::MockTest);
     }
