@@ -172,7 +172,8 @@ impl WriteWatch {
 
     /// Waits until the outbox relay has nothing left to deliver, so it writes nothing meanwhile.
     async fn quiesce(&mut self) {
-        let scheduler = &mut self.connections[3].1;
+        let (_, scheduler) =
+            self.connections.iter_mut().find(|(service, _)| service == "scheduler").expect("scheduler database");
         for _ in 0..200 {
             let pending: i64 =
                 sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(&mut *scheduler).await.unwrap();

@@ -93,19 +93,20 @@ impl MemoryModel {
         f64::from(self.parameters[20])
     }
 
+    /// Chosen so that recall is exactly 90 % after `stability` days.
+    fn factor(&self) -> f64 {
+        0.9f64.powf(-1.0 / self.decay()) - 1.0
+    }
+
     /// Probability of recall `elapsed_ms` after the last review (fractional days).
     pub fn retrievability(&self, memory: MemoryState, elapsed_ms: i64) -> f64 {
         let days = elapsed_ms.max(0) as f64 / DAY_MS as f64;
-        let decay = self.decay();
-        let factor = 0.9f64.powf(-1.0 / decay) - 1.0;
-        (1.0 + factor * days / f64::from(memory.stability).max(1e-3)).powf(-decay)
+        (1.0 + self.factor() * days / f64::from(memory.stability).max(1e-3)).powf(-self.decay())
     }
 
     /// Whole days until recall falls to `retention`, at least 1 and at most the maximum.
     pub fn interval_days(&self, stability: f32, retention: f64) -> i64 {
-        let decay = self.decay();
-        let factor = 0.9f64.powf(-1.0 / decay) - 1.0;
-        let days = f64::from(stability) / factor * (retention.powf(-1.0 / decay) - 1.0);
+        let days = f64::from(stability) / self.factor() * (retention.powf(-1.0 / self.decay()) - 1.0);
         (days.round() as i64).clamp(1, self.max_interval_days)
     }
 
