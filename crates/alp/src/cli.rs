@@ -50,6 +50,8 @@ pub struct DevArgs {
     /// Do not create the demo course.
     #[arg(long)]
     pub no_seed: bool,
+    #[command(flatten)]
+    pub policies: alp_scoring::PolicyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +80,9 @@ pub struct ServeArgs {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub server: ServerArgs,
+    /// Ranking and mock-test settings (scoring).
+    #[command(flatten)]
+    pub policies: alp_scoring::PolicyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +101,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let policies = args.policies.policies().map_err(anyhow::Error::msg)?;
     let databases = Databases::sqlite(&args.data_dir);
     suite::migrate(&databases).await?;
     let listeners = Listeners::bind(args.host, Service::default_port).await?;
@@ -142,7 +148,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         "ALP dev suite starting; Ctrl-C stops it"
     );
     let server = ServerConfig { drain_delay: Duration::ZERO, ..ServerConfig::default() };
-    let result = suite::run(listeners, databases, server, alp_runtime::shutdown::signal()).await;
+    let result = suite::run(listeners, databases, server, policies, alp_runtime::shutdown::signal()).await;
     stop.cancel();
     result
 }
@@ -170,7 +176,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
             .await
         }
-        Service::Scoring => alp_scoring::serve(alp_scoring::ScoringConfig { server, database }, listener).await,
+        Service::Scoring => {
+            let policies = args.policies.policies().map_err(anyhow::Error::msg)?;
+            alp_scoring::serve(alp_scoring::ScoringConfig { server, database, policies }, listener).await
+        }
         Service::Scheduler => {
             alp_scheduler::serve(
                 alp_scheduler::SchedulerConfig {

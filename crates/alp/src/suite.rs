@@ -164,6 +164,7 @@ pub async fn run(
     listeners: Listeners,
     databases: Databases,
     server: ServerConfig,
+    policies: alp_scoring::Policies,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addresses = listeners.addresses()?;
@@ -200,7 +201,7 @@ pub async fn run(
     tasks.spawn(named(
         "scoring",
         alp_scoring::serve_with_shutdown(
-            alp_scoring::ScoringConfig { server: server.clone(), database: databases.scoring.clone() },
+            alp_scoring::ScoringConfig { server: server.clone(), database: databases.scoring.clone(), policies },
             listeners.scoring,
             signal(),
         ),

@@ -53,6 +53,7 @@ fn submit(attempt_id: &str, learner: &str, item: &str, correct: bool) -> SubmitA
         outcome: Some(Outcome::Correct(correct)),
         response_time: Some(prost_types::Duration { seconds: 3, nanos: 0 }),
         answer_time: None,
+        mock_test_id: String::new(),
     }
 }
 
@@ -408,7 +409,12 @@ async fn scoring_rpcs(c: &mut Clients) {
 async fn scheduler_rpcs(c: &mut Clients) {
     let next = c
         .scheduler
-        .next_items(NextItemsRequest { learner_id: "ada".into(), course_id: "arithmetic".into(), count: 3, mode: 0 })
+        .next_items(NextItemsRequest {
+            learner_id: "ada".into(),
+            course_id: "arithmetic".into(),
+            count: 3,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -417,15 +423,28 @@ async fn scheduler_rpcs(c: &mut Clients) {
     assert!(
         next.items.iter().all(|i| i.reason == Reason::New as i32 && i.predicted_success > 0.0 && !i.prompt.is_empty())
     );
+    assert!(next.items.iter().all(|i| i.explanation.starts_with("new item: predicted success")), "{:?}", next.items);
+    // Every other skill needs addition first: the prerequisite gate holds them back.
+    assert!(next.items.iter().all(|i| i.skill_ids == ["addition"]), "{:?}", next.items);
     let err = c
         .scheduler
-        .next_items(NextItemsRequest { learner_id: "ada".into(), course_id: "arithmetic".into(), count: 500, mode: 0 })
+        .next_items(NextItemsRequest {
+            learner_id: "ada".into(),
+            course_id: "arithmetic".into(),
+            count: 500,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_invalid(err, "count");
     let err = c
         .scheduler
-        .next_items(NextItemsRequest { learner_id: "nobody".into(), course_id: "arithmetic".into(), count: 1, mode: 0 })
+        .next_items(NextItemsRequest {
+            learner_id: "nobody".into(),
+            course_id: "arithmetic".into(),
+            count: 1,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -529,12 +548,69 @@ async fn wait_for_progress(c: &mut Clients, learner: &str, attempts: i64) -> Cou
     panic!("progress of {learner} never reached {attempts} attempts");
 }
 
+/// A whole mock test: items chosen one by one, never twice, until the stopping rule ends it
+/// with an estimate.
+async fn mock_test_rpcs(c: &mut Clients) {
+    let request = |mode: Mode, id: &str| NextItemsRequest {
+        learner_id: "ada".into(),
+        course_id: "arithmetic".into(),
+        count: 1,
+        mode: mode as i32,
+        mock_test_id: id.into(),
+    };
+    let err = c.scheduler.next_items(request(Mode::MockTest, "")).await.unwrap_err();
+    assert_invalid(err, "mock_test_id");
+    assert!(err_message(c.scheduler.next_items(request(Mode::MockTest, "")).await).contains("MOCK_TEST"));
+    let err = c.scheduler.next_items(request(Mode::Practice, "exam-1")).await.unwrap_err();
+    assert_invalid(err, "mock_test_id");
+
+    let mut asked: Vec<String> = Vec::new();
+    let estimate = loop {
+        let next = c.scheduler.next_items(request(Mode::MockTest, "exam-1")).await.unwrap().into_inner();
+        let estimate = next.mock_test.unwrap_or_else(|| panic!("no estimate: {}", next.degraded_reason));
+        assert_eq!(estimate.answered as usize, asked.len());
+        if estimate.finished {
+            assert!(next.items.is_empty());
+            break estimate;
+        }
+        assert!(asked.len() < 30, "the test must stop");
+        let item = &next.items[0];
+        assert_eq!(item.reason, Reason::MockTest as i32);
+        assert!(item.explanation.starts_with("mock test: information"), "{}", item.explanation);
+        assert!(!asked.contains(&item.item_id), "{} asked twice", item.item_id);
+        // Right and wrong in turn: the estimate has something to find.
+        let correct = asked.len().is_multiple_of(2);
+        let attempt = SubmitAttemptRequest {
+            mock_test_id: "exam-1".into(),
+            ..submit(&format!("exam-1-{}", asked.len()), "ada", &item.item_id, correct)
+        };
+        let recorded = c.scheduler.submit_attempt(attempt).await.unwrap().into_inner();
+        assert_eq!(recorded.attempt.unwrap().mock_test_id, "exam-1");
+        asked.push(item.item_id.clone());
+    };
+    assert!(estimate.status.starts_with("finished"), "{}", estimate.status);
+    assert!(estimate.standard_error > 0.0 && estimate.standard_error < 1.0, "{estimate:?}");
+    assert!(estimate.ability.abs() < 3.0, "{estimate:?}");
+    // Another test starts afresh.
+    let other = c.scheduler.next_items(request(Mode::MockTest, "exam-2")).await.unwrap().into_inner();
+    assert_eq!(other.mock_test.unwrap().answered, 0);
+    assert_eq!(other.items.len(), 1);
+}
+
+fn err_message<T>(result: Result<T, tonic::Status>) -> String {
+    match result {
+        Ok(_) => String::new(),
+        Err(status) => status.message().to_owned(),
+    }
+}
+
 async fn every_rpc(running: Running) {
     let mut clients = Clients::new(&running);
     content_rpcs(&mut clients).await;
     user_rpcs(&mut clients).await;
     scoring_rpcs(&mut clients).await;
     scheduler_rpcs(&mut clients).await;
+    mock_test_rpcs(&mut clients).await;
     running.shutdown().await;
 }
 

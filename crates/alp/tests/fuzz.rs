@@ -292,7 +292,12 @@ async fn no_input_crashes_a_service_or_slips_past_validation() {
         .await
         .unwrap();
     let mut scheduler = SchedulerServiceClient::new(common::channel(running.addresses.scheduler));
-    let next = NextItemsRequest { learner_id: "after-fuzz".into(), course_id: "arithmetic".into(), count: 3, mode: 0 };
+    let next = NextItemsRequest {
+        learner_id: "after-fuzz".into(),
+        course_id: "arithmetic".into(),
+        count: 3,
+        ..Default::default()
+    };
     assert_eq!(scheduler.next_items(next).await.unwrap().into_inner().items.len(), 3);
     let due = ListDueItemsRequest { learner_id: "after-fuzz".into(), ..ListDueItemsRequest::default() };
     scheduler.list_due_items(due).await.unwrap();

@@ -58,7 +58,11 @@ async fn progress_submitted_while_user_service_is_down_arrives_once_it_is_back()
         stop_all.clone().cancelled_owned(),
     ));
     tokio::spawn(alp_scoring::serve_with_shutdown(
-        alp_scoring::ScoringConfig { server: config.clone(), database: databases.scoring.clone() },
+        alp_scoring::ScoringConfig {
+            server: config.clone(),
+            database: databases.scoring.clone(),
+            policies: alp_scoring::Policies::default(),
+        },
         scoring_l,
         stop_all.clone().cancelled_owned(),
     ));
@@ -93,7 +97,12 @@ async fn progress_submitted_while_user_service_is_down_arrives_once_it_is_back()
         .unwrap();
     let mut scheduler_client = SchedulerServiceClient::new(channel(scheduler));
     let next = scheduler_client
-        .next_items(NextItemsRequest { learner_id: "lin".into(), course_id: "arithmetic".into(), count: 5, mode: 0 })
+        .next_items(NextItemsRequest {
+            learner_id: "lin".into(),
+            course_id: "arithmetic".into(),
+            count: 5,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

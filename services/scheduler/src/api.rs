@@ -9,7 +9,7 @@ use alp_proto::content::v1::Item;
 use alp_proto::scheduler::v1::scheduler_service_server::SchedulerService;
 use alp_proto::scheduler::v1::submit_attempt_request::Outcome;
 use alp_proto::scheduler::v1::*;
-use alp_proto::scoring::v1::{ApplyAttemptRequest, Candidate, ScoreCandidatesRequest, ScoredItem};
+use alp_proto::scoring::v1::{ApplyAttemptRequest, Candidate, ScoreCandidatesRequest, ScoredItem, TestAnswer};
 use alp_proto::user::v1::ProgressEvent;
 use alp_runtime::FieldViolation;
 use alp_runtime::page;
@@ -26,6 +26,10 @@ use crate::store::{AttemptRow, ExportFilter, MemoryRow, SchedulerStore};
 const DEFAULT_RETENTION: f64 = 0.90;
 const MAX_NEXT_ITEMS: u32 = 50;
 const MAX_REVIEW_CANDIDATES: usize = 500;
+/// The most recently answered items are always candidates: the ranking keeps their skills apart.
+const RECENT_CANDIDATES: usize = 3;
+/// A mock test draws on seen and unseen items alike; this many unseen ones at most.
+const MOCK_TEST_NEW_CANDIDATES: usize = 500;
 /// How far ahead of the server clock a client's answer time may be.
 const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
 const MAX_RESPONSE_MS: i64 = 60 * 60 * 1000;
@@ -107,6 +111,7 @@ fn fallback_ranking(candidates: &[Candidate], mode: Mode, count: usize, now: i64
             score: -(rank as f64),
             predicted_recall: 0.0,
             predicted_success: 0.0,
+            explanation: "fallback ordering while scoring is unavailable".to_owned(),
         })
         .collect()
 }
@@ -129,30 +134,82 @@ impl SchedulerService for SchedulerApi {
             n => n,
         };
         let mode = mode(request.mode).map_err(SchedulerError::from)?;
+        if mode == Mode::MockTest {
+            id("mock_test_id", &request.mock_test_id).map_err(|v| {
+                SchedulerError::from(FieldViolation::new("mock_test_id", format!("{} in MOCK_TEST mode", v.reason)))
+            })?;
+        } else if !request.mock_test_id.is_empty() {
+            return Err(
+                SchedulerError::from(FieldViolation::new("mock_test_id", "is only allowed in MOCK_TEST mode")).into()
+            );
+        }
         let retention = self.enrolled_retention(&request.learner_id, &request.course_id).await?;
         let now = now_millis();
 
         let states =
             self.store.memory_states(&request.learner_id, &request.course_id).await.map_err(SchedulerError::from)?;
-        let seen: HashSet<String> = states.iter().map(|s| s.item_id.clone()).collect();
-        let want_new = if mode == Mode::Review { 0 } else { (count as usize * 5).max(50) };
-        let unseen = if want_new > 0 {
-            self.downstream.unseen_items(&request.course_id, &seen, want_new).await?
+        let answers = if mode == Mode::MockTest {
+            self.store
+                .mock_test_answers(&request.learner_id, &request.mock_test_id)
+                .await
+                .map_err(SchedulerError::from)?
         } else {
             Vec::new()
         };
-        let review_ids: Vec<String> = states.iter().take(MAX_REVIEW_CANDIDATES).map(|s| s.item_id.clone()).collect();
-        let reviewed: Vec<Item> =
-            self.downstream.items(&review_ids).await?.into_iter().filter(|i| !i.retired).collect();
+        let answered: HashSet<&str> = answers.iter().map(|(item, _)| item.as_str()).collect();
+        let seen: HashSet<String> = states.iter().map(|s| s.item_id.clone()).collect();
+        let want_new = match mode {
+            Mode::Review => 0,
+            Mode::MockTest => MOCK_TEST_NEW_CANDIDATES,
+            _ => (count as usize * 5).max(50),
+        };
+        let unseen_items = async {
+            if want_new > 0 {
+                self.downstream.unseen_items(&request.course_id, &seen, want_new).await
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        let skill_graph = async {
+            // The prerequisite gate holds back new items in practice only.
+            if mode == Mode::Practice { self.downstream.skill_graph(&request.course_id).await } else { Ok(Vec::new()) }
+        };
+        let (unseen, skill_graph) = tokio::try_join!(unseen_items, skill_graph)?;
+
+        // Soonest due first, plus the last few answered, whose skills the ranking keeps apart.
+        let mut review_ids: Vec<String> =
+            states.iter().take(MAX_REVIEW_CANDIDATES).map(|s| s.item_id.clone()).collect();
+        let mut latest: Vec<&MemoryRow> = states.iter().skip(MAX_REVIEW_CANDIDATES).collect();
+        latest.sort_by_key(|s| std::cmp::Reverse(s.last_review_ms));
+        review_ids.extend(latest.into_iter().take(RECENT_CANDIDATES).map(|s| s.item_id.clone()));
+        let answered_ids: Vec<String> =
+            answered.iter().filter(|id| !seen.contains(**id)).map(|id| (*id).to_owned()).collect();
+        review_ids.extend(answered_ids);
+        let fetched: Vec<Item> = self.downstream.items(&review_ids).await?;
         let memory: HashMap<&str, &MemoryRow> = states.iter().map(|s| (s.item_id.as_str(), s)).collect();
 
         let mut items: HashMap<String, Item> = HashMap::new();
-        let mut candidates = Vec::with_capacity(reviewed.len() + unseen.len());
-        for item in reviewed.into_iter().chain(unseen) {
-            candidates.push(candidate(&item, memory.get(item.item_id.as_str()).copied()));
+        let mut candidates = Vec::with_capacity(fetched.len() + unseen.len());
+        for item in fetched.into_iter().chain(unseen) {
+            if !item.retired && !answered.contains(item.item_id.as_str()) {
+                candidates.push(candidate(&item, memory.get(item.item_id.as_str()).copied()));
+            }
             items.insert(item.item_id.clone(), item);
         }
-        if candidates.is_empty() {
+        let mock_test_answers: Vec<TestAnswer> = answers
+            .iter()
+            .filter_map(|(item_id, correct)| {
+                let item = items.get(item_id)?;
+                Some(TestAnswer {
+                    item_id: item_id.clone(),
+                    skill_ids: item.skill_ids.clone(),
+                    initial_difficulty: item.difficulty,
+                    choice_count: choice_count(item),
+                    correct: *correct,
+                })
+            })
+            .collect();
+        if candidates.is_empty() && mode != Mode::MockTest {
             return Ok(Response::new(NextItemsResponse::default()));
         }
 
@@ -167,14 +224,20 @@ impl SchedulerService for SchedulerApi {
                 count,
                 desired_retention: retention,
                 now: Some(timestamp(now)),
+                skill_graph,
+                mock_test_answers,
             })
             .await;
-        let (ranked, degraded_reason) = match scored {
-            Ok(response) => (response.into_inner().items, String::new()),
+        let (ranked, mock_test, degraded_reason) = match scored {
+            Ok(response) => {
+                let response = response.into_inner();
+                (response.items, response.mock_test, String::new())
+            }
             Err(status) => {
                 tracing::warn!(error = %status.message(), code = ?status.code(), "scoring unavailable; local fallback ranking");
                 (
                     fallback_ranking(&candidates, mode, count as usize, now),
+                    None,
                     format!(
                         "scoring unavailable ({}); fallback ordering",
                         alp_runtime::metrics::code_name(status.code())
@@ -197,10 +260,16 @@ impl SchedulerService for SchedulerApi {
                     prompt: item.prompt.clone(),
                     choices: item.choices.clone(),
                     skill_ids: item.skill_ids.clone(),
+                    explanation: scored.explanation,
                 })
             })
             .collect();
-        Ok(Response::new(NextItemsResponse { items: next, degraded: !degraded_reason.is_empty(), degraded_reason }))
+        Ok(Response::new(NextItemsResponse {
+            items: next,
+            degraded: !degraded_reason.is_empty(),
+            degraded_reason,
+            mock_test,
+        }))
     }
 
     async fn submit_attempt(&self, request: Request<SubmitAttemptRequest>) -> RpcResult<SubmitAttemptResponse> {
@@ -208,6 +277,7 @@ impl SchedulerService for SchedulerApi {
         id("attempt_id", &request.attempt_id).map_err(SchedulerError::from)?;
         id("learner_id", &request.learner_id).map_err(SchedulerError::from)?;
         id("item_id", &request.item_id).map_err(SchedulerError::from)?;
+        optional_id("mock_test_id", &request.mock_test_id).map_err(SchedulerError::from)?;
         let (rating, correct) = match request.outcome {
             Some(Outcome::Rating(value)) => match Rating::try_from(value) {
                 Ok(Rating::Unspecified) | Err(_) => {
@@ -277,6 +347,7 @@ impl SchedulerService for SchedulerApi {
                 answer_time: Some(timestamp(answer_ms)),
                 response_time: Some(duration(response_ms)),
                 desired_retention: retention,
+                mock_test: !request.mock_test_id.is_empty(),
             })
             .await
             .map_err(|s| SchedulerError::downstream("scoring", &s))?
@@ -299,6 +370,7 @@ impl SchedulerService for SchedulerApi {
             due_ms,
             predicted_recall: applied.predicted_recall,
             predicted_success: applied.predicted_success,
+            mock_test_id: request.mock_test_id.clone(),
         };
         let state = MemoryRow {
             item_id: request.item_id.clone(),
@@ -312,6 +384,7 @@ impl SchedulerService for SchedulerApi {
             lapse_count: i64::from(rating == Rating::Again && prior.is_some()),
             phase: memory.phase,
             step: memory.step,
+            knowledge: memory.knowledge,
         };
         let event = ProgressEvent {
             attempt_id: request.attempt_id.clone(),

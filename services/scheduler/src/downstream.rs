@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use alp_proto::content::v1::content_service_client::ContentServiceClient;
-use alp_proto::content::v1::{BatchGetItemsRequest, GetItemRequest, Item, ListItemsRequest};
+use alp_proto::content::v1::{BatchGetItemsRequest, GetItemRequest, Item, ListItemsRequest, ListSkillsRequest};
+use alp_proto::scoring::v1::SkillPrerequisites;
 use alp_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
 use alp_proto::user::v1::user_service_client::UserServiceClient;
 use alp_proto::user::v1::{GetLearnerRequest, Learner};
@@ -124,5 +125,34 @@ impl Downstream {
         }
         unseen.truncate(want);
         Ok(unseen)
+    }
+
+    /// The prerequisites of every skill of a course that has any.
+    pub async fn skill_graph(&self, course_id: &str) -> Result<Vec<SkillPrerequisites>, SchedulerError> {
+        const MAX_PAGES: usize = 10;
+        let mut graph = Vec::new();
+        let mut page_token = String::new();
+        for _ in 0..MAX_PAGES {
+            let response = self
+                .content
+                .clone()
+                .list_skills(ListSkillsRequest { course_id: course_id.to_owned(), page_size: 1000, page_token })
+                .await;
+            let page = match response {
+                Ok(r) => r.into_inner(),
+                Err(status) if status.code() == Code::NotFound => {
+                    return Err(SchedulerError::not_found("course", course_id));
+                }
+                Err(status) => return Err(SchedulerError::downstream("content", &status)),
+            };
+            graph.extend(page.skills.into_iter().filter(|s| !s.prerequisite_skill_ids.is_empty()).map(|s| {
+                SkillPrerequisites { skill_id: s.skill_id, prerequisite_skill_ids: s.prerequisite_skill_ids }
+            }));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        Ok(graph)
     }
 }

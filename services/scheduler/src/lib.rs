@@ -40,6 +40,12 @@ pub const MIGRATIONS: &[MigrationStep] = &[
         postgres: include_str!("../migrations/postgres/0002_memory_phase.sql"),
         sqlite: include_str!("../migrations/sqlite/0002_memory_phase.sql"),
     },
+    MigrationStep {
+        version: 3,
+        description: "knowledge and mock tests",
+        postgres: include_str!("../migrations/postgres/0003_knowledge_and_mock_tests.sql"),
+        sqlite: include_str!("../migrations/sqlite/0003_knowledge_and_mock_tests.sql"),
+    },
 ];
 
 #[derive(Debug, Clone)]

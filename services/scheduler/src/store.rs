@@ -25,11 +25,19 @@ pub struct MemoryRow {
     /// `MemoryPhase` of the proto.
     pub phase: i32,
     pub step: u32,
+    /// Scoring's current-knowledge estimate; None for rows written before it existed.
+    pub knowledge: Option<f64>,
 }
 
 impl MemoryRow {
     pub fn memory(&self) -> MemoryState {
-        MemoryState { stability: self.stability, difficulty: self.difficulty, phase: self.phase, step: self.step }
+        MemoryState {
+            stability: self.stability,
+            difficulty: self.difficulty,
+            phase: self.phase,
+            step: self.step,
+            knowledge: self.knowledge,
+        }
     }
 }
 
@@ -50,6 +58,8 @@ pub struct AttemptRow {
     pub due_ms: i64,
     pub predicted_recall: f64,
     pub predicted_success: f64,
+    /// Empty for practice.
+    pub mock_test_id: String,
 }
 
 impl AttemptRow {
@@ -72,6 +82,7 @@ impl AttemptRow {
             due_time: Some(timestamp(self.due_ms)),
             predicted_recall: self.predicted_recall,
             predicted_success: self.predicted_success,
+            mock_test_id: self.mock_test_id.clone(),
         }
     }
 }
@@ -91,9 +102,9 @@ pub struct SchedulerStore {
 }
 
 const ATTEMPT_COLUMNS: &str = "attempt_id, learner_id, course_id, item_id, rating, correct, response_ms, answer_time, \
-     record_time, stability, difficulty, due_time, predicted_recall, predicted_success";
+     record_time, stability, difficulty, due_time, predicted_recall, predicted_success, mock_test_id";
 const MEMORY_COLUMNS: &str = "item_id, course_id, stability, difficulty, last_review_time, due_time, last_rating, \
-     review_count, lapse_count, phase, step";
+     review_count, lapse_count, phase, step, knowledge";
 
 impl SchedulerStore {
     pub fn new(db: Database) -> Self {
@@ -169,7 +180,7 @@ impl SchedulerStore {
     ) -> Result<bool, StoreError> {
         let mut tx = self.db.begin_write().await?;
         let inserted = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+            "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
              ON CONFLICT (attempt_id) DO NOTHING"
         )))
         .bind(&attempt.attempt_id)
@@ -186,6 +197,7 @@ impl SchedulerStore {
         .bind(attempt.due_ms)
         .bind(attempt.predicted_recall)
         .bind(attempt.predicted_success)
+        .bind(&attempt.mock_test_id)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -195,12 +207,13 @@ impl SchedulerStore {
         }
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO memory_states AS m (learner_id, {MEMORY_COLUMNS})
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
              ON CONFLICT (learner_id, item_id) DO UPDATE SET
                 stability = excluded.stability, difficulty = excluded.difficulty,
                 last_review_time = excluded.last_review_time, due_time = excluded.due_time,
                 last_rating = excluded.last_rating, review_count = m.review_count + 1,
-                lapse_count = m.lapse_count + excluded.lapse_count, phase = excluded.phase, step = excluded.step"
+                lapse_count = m.lapse_count + excluded.lapse_count, phase = excluded.phase, step = excluded.step,
+                knowledge = excluded.knowledge"
         )))
         .bind(&attempt.learner_id)
         .bind(&memory.item_id)
@@ -214,6 +227,7 @@ impl SchedulerStore {
         .bind(memory.lapse_count)
         .bind(i64::from(memory.phase))
         .bind(i64::from(memory.step))
+        .bind(memory.knowledge)
         .execute(&mut *tx)
         .await?;
         sqlx::query("INSERT INTO outbox (attempt_id, event, create_time) VALUES ($1, $2, $3)")
@@ -224,6 +238,23 @@ impl SchedulerStore {
             .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// (item id, correct) of a learner's answers in one mock test, in the order recorded.
+    pub async fn mock_test_answers(
+        &self,
+        learner_id: &str,
+        mock_test_id: &str,
+    ) -> Result<Vec<(String, bool)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT item_id, correct FROM attempts
+             WHERE learner_id = $1 AND mock_test_id = $2 AND mock_test_id <> '' ORDER BY seq",
+        )
+        .bind(learner_id)
+        .bind(mock_test_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? != 0))).collect()
     }
 
     /// Attempts in recording order after sequence number `after_seq`.
@@ -247,7 +278,7 @@ impl SchedulerStore {
         .bind(i64::from(limit))
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter().map(|r| Ok((r.try_get::<i64, _>(14)?, attempt_from_row(r)?))).collect()
+        rows.iter().map(|r| Ok((r.try_get::<i64, _>(15)?, attempt_from_row(r)?))).collect()
     }
 
     /// The oldest undelivered progress events.
@@ -300,6 +331,7 @@ fn attempt_from_row(r: &AnyRow) -> Result<AttemptRow, StoreError> {
         due_ms: r.try_get(11)?,
         predicted_recall: r.try_get(12)?,
         predicted_success: r.try_get(13)?,
+        mock_test_id: r.try_get(14)?,
     })
 }
 
@@ -316,5 +348,6 @@ fn memory_from_row(r: &AnyRow) -> Result<MemoryRow, StoreError> {
         lapse_count: r.try_get(8)?,
         phase: i32::try_from(r.try_get::<i64, _>(9)?).unwrap_or_default(),
         step: u32::try_from(r.try_get::<i64, _>(10)?).unwrap_or_default(),
+        knowledge: r.try_get(11)?,
     })
 }

@@ -22,6 +22,7 @@ fn attempt(id: &str, learner: &str, item: &str, record_ms: i64) -> AttemptRow {
         due_ms: record_ms + 86_400_000,
         predicted_recall: 0.0,
         predicted_success: 0.7,
+        mock_test_id: String::new(),
     }
 }
 
@@ -38,6 +39,7 @@ fn memory(item: &str, due_ms: i64, lapses: i64) -> MemoryRow {
         lapse_count: lapses,
         phase: 2,
         step: 0,
+        knowledge: Some(1.25),
     }
 }
 
@@ -69,6 +71,8 @@ async fn an_attempt_id_is_recorded_once_with_its_memory_state_and_outbox_event()
         assert_eq!(store.outbox_depth().await.unwrap(), 1);
         let state = store.memory_state("l1", "i1").await.unwrap().unwrap();
         assert_eq!((state.review_count, state.lapse_count), (1, 0));
+        assert_eq!(state.knowledge, Some(1.25));
+        assert_eq!(stored.mock_test_id, "");
 
         // a second attempt at the item advances the state and counts the lapse
         assert!(record(&store, "a2", "l1", "i1", 3_000_000, 1).await);
@@ -147,6 +151,30 @@ async fn the_outbox_hands_out_events_oldest_first_until_deleted() {
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].1.attempt_id, "a2");
         store.outbox_delete(&[]).await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_mock_tests_answers_come_back_in_order_apart_from_practice_and_other_tests() {
+    on_every_backend("scheduler", MIGRATIONS, |db| async move {
+        let store = SchedulerStore::new(db);
+        let answer = |id: &str, learner: &str, item: &str, at: i64, test: &str, correct: bool| {
+            let row = AttemptRow { mock_test_id: test.into(), correct, ..attempt(id, learner, item, at) };
+            let state = memory(item, row.due_ms, 0);
+            let event = event(&row);
+            let store = store.clone();
+            async move { assert!(store.record(&row, &state, &event).await.unwrap()) }
+        };
+        answer("a1", "l1", "i1", 1_000, "t1", true).await;
+        answer("a2", "l1", "i2", 2_000, "", false).await;
+        answer("a3", "l1", "i3", 3_000, "t1", false).await;
+        answer("a4", "l1", "i4", 4_000, "t2", true).await;
+        answer("a5", "l2", "i5", 5_000, "t1", true).await;
+        let answers = store.mock_test_answers("l1", "t1").await.unwrap();
+        assert_eq!(answers, vec![("i1".to_owned(), true), ("i3".to_owned(), false)]);
+        assert!(store.mock_test_answers("l1", "").await.unwrap().is_empty(), "practice is no test");
+        assert_eq!(store.attempt("a3").await.unwrap().unwrap().mock_test_id, "t1");
     })
     .await;
 }

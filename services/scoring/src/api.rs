@@ -1,8 +1,9 @@
 //! The gRPC surface of the scoring service.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use alp_proto::common::v1::{MemoryPhase, MemoryState as MemoryProto, Rating};
+use alp_proto::common::v1::{MemoryPhase, MemoryState as MemoryProto, MockTestEstimate, Mode, Rating};
 use alp_proto::scoring::v1::scoring_service_server::ScoringService;
 use alp_proto::scoring::v1::*;
 use alp_runtime::time::{duration, millis, now_millis, timestamp};
@@ -11,15 +12,19 @@ use fsrs::MemoryState;
 use tonic::{Request, Response, Status};
 
 use crate::error::ScoringError;
+use crate::model::ability::{self, Estimate, TestResponse};
 use crate::model::memory::{Card, MemoryModel, Phase, fuzz_unit};
-use crate::model::{self, CandidateState};
-use crate::store::{AttemptEffects, Estimate, ScoringStore};
+use crate::model::mock_test::{self, Answer, MockTestPolicy};
+use crate::model::ranking::{self, CandidateState, Ranked, RankingPolicy, Seen, Situation};
+use crate::store::{AttemptEffects, PracticeOutcome, ScoringStore};
 use crate::validate;
 
 #[derive(Clone)]
 pub struct ScoringApi {
     store: ScoringStore,
     memory: Arc<MemoryModel>,
+    ranking: Arc<RankingPolicy>,
+    mock_test: Arc<MockTestPolicy>,
 }
 
 impl std::fmt::Debug for ScoringApi {
@@ -29,8 +34,19 @@ impl std::fmt::Debug for ScoringApi {
 }
 
 impl ScoringApi {
-    pub fn new(store: ScoringStore) -> Self {
-        Self { store, memory: Arc::new(MemoryModel::default()) }
+    pub fn new(store: ScoringStore, policies: crate::Policies) -> Self {
+        Self {
+            store,
+            memory: Arc::new(MemoryModel::default()),
+            ranking: Arc::new(policies.ranking),
+            mock_test: Arc::new(policies.mock_test),
+        }
+    }
+
+    /// The target success for the learner's next new items.
+    async fn target_success(&self, learner_id: &str) -> Result<f64, ScoringError> {
+        let target = self.store.practice_target(learner_id).await?;
+        Ok(self.ranking.effective_target(target.map_or(0.0, |t| t.correction)))
     }
 }
 
@@ -40,7 +56,7 @@ fn to_fsrs(memory: &MemoryProto) -> MemoryState {
     MemoryState { stability: memory.stability as f32, difficulty: memory.difficulty as f32 }
 }
 
-fn to_proto(card: &Card) -> MemoryProto {
+fn to_proto(card: &Card, knowledge: f64) -> MemoryProto {
     let phase = match card.phase {
         Phase::Learning => MemoryPhase::Learning,
         Phase::Review => MemoryPhase::Review,
@@ -51,6 +67,7 @@ fn to_proto(card: &Card) -> MemoryProto {
         difficulty: f64::from(card.memory.difficulty),
         phase: phase as i32,
         step: u32::try_from(card.step).unwrap_or(u32::MAX),
+        knowledge: Some(knowledge),
     }
 }
 
@@ -64,11 +81,22 @@ fn phase(memory: &MemoryProto) -> Phase {
 }
 
 /// The learner's ability on an item: the mean over its skills (0 for unseen skills).
-fn ability(abilities: &std::collections::HashMap<String, Estimate>, skills: &[String]) -> f64 {
+fn ability(abilities: &HashMap<String, Estimate>, skills: &[String]) -> f64 {
     if skills.is_empty() {
         return 0.0;
     }
     skills.iter().map(|s| abilities.get(s).map_or(0.0, |e| e.value)).sum::<f64>() / skills.len() as f64
+}
+
+fn scored(r: Ranked) -> ScoredItem {
+    ScoredItem {
+        item_id: r.item_id,
+        reason: r.reason as i32,
+        score: r.score,
+        predicted_recall: r.predicted_recall,
+        predicted_success: r.predicted_success,
+        explanation: r.explanation,
+    }
 }
 
 #[tonic::async_trait]
@@ -84,41 +112,98 @@ impl ScoringService for ScoringApi {
             None => now_millis(),
         };
         let abilities = self.store.abilities(&request.learner_id).await.map_err(ScoringError::from)?;
-        let item_ids: Vec<String> = request.candidates.iter().map(|c| c.item_id.clone()).collect();
+        let item_ids: Vec<String> = request
+            .candidates
+            .iter()
+            .map(|c| c.item_id.clone())
+            .chain(request.mock_test_answers.iter().map(|a| a.item_id.clone()))
+            .collect();
         let calibration = self.store.calibration(&item_ids).await.map_err(ScoringError::from)?;
+        let difficulty = |item_id: &str, initial: f64| calibration.get(item_id).map_or(initial, |e| e.value);
+        let graph: HashMap<String, Vec<String>> =
+            request.skill_graph.iter().map(|s| (s.skill_id.clone(), s.prerequisite_skill_ids.clone())).collect();
+        let unmet = self.ranking.unmet_prerequisites(&graph, &abilities);
+
         let mut states = Vec::with_capacity(request.candidates.len());
         for (i, c) in request.candidates.iter().enumerate() {
-            let last_review_ms = match &c.last_review_time {
-                Some(t) => millis(&format!("candidates[{i}].last_review_time"), t).map_err(ScoringError::from)?,
-                None => 0,
+            let seen = match (&c.memory, &c.last_review_time) {
+                (Some(memory), Some(last)) => Some(Seen {
+                    memory: to_fsrs(memory),
+                    phase: phase(memory),
+                    last_review_ms: millis(&format!("candidates[{i}].last_review_time"), last)
+                        .map_err(ScoringError::from)?,
+                    due_ms: match &c.due_time {
+                        Some(t) => Some(millis(&format!("candidates[{i}].due_time"), t).map_err(ScoringError::from)?),
+                        None => None,
+                    },
+                    last_rating: Rating::try_from(c.last_rating).unwrap_or(Rating::Unspecified),
+                    knowledge: memory.knowledge,
+                }),
+                _ => None,
             };
-            let due_ms = match &c.due_time {
-                Some(t) => Some(millis(&format!("candidates[{i}].due_time"), t).map_err(ScoringError::from)?),
-                None => None,
-            };
+            let mut blocked_by: Vec<String> =
+                c.skill_ids.iter().filter_map(|s| unmet.get(s)).flatten().cloned().collect();
+            blocked_by.sort();
+            blocked_by.dedup();
             states.push(CandidateState {
                 item_id: c.item_id.clone(),
-                memory: c.memory.as_ref().map(to_fsrs),
-                phase: c.memory.as_ref().map_or(Phase::Review, phase),
-                last_review_ms,
-                due_ms,
-                last_rating: Rating::try_from(c.last_rating).unwrap_or(Rating::Unspecified),
+                skill_ids: c.skill_ids.clone(),
+                seen,
                 ability: ability(&abilities, &c.skill_ids),
-                difficulty: calibration.get(&c.item_id).map_or(c.initial_difficulty, |e| e.value),
-                guess: model::guess(c.choice_count),
+                difficulty: difficulty(&c.item_id, c.initial_difficulty),
+                guess: ability::guess(c.choice_count),
+                blocked_by,
             });
         }
-        let items = model::rank(&self.memory, &states, mode, request.count as usize, retention, now)
+
+        if mode == Mode::MockTest {
+            let answers: Vec<Answer> = request
+                .mock_test_answers
+                .iter()
+                .map(|a| Answer {
+                    item_id: a.item_id.clone(),
+                    response: TestResponse {
+                        difficulty: difficulty(&a.item_id, a.initial_difficulty),
+                        guess: ability::guess(a.choice_count),
+                        correct: a.correct,
+                    },
+                })
+                .collect();
+            // The test starts from the learner's practice ability on the skills it covers.
+            let mut skills: Vec<String> = request
+                .candidates
+                .iter()
+                .flat_map(|c| c.skill_ids.iter())
+                .chain(request.mock_test_answers.iter().flat_map(|a| a.skill_ids.iter()))
+                .cloned()
+                .collect();
+            skills.sort();
+            skills.dedup();
+            let prior = ability(&abilities, &skills);
+            let (state, ranked) =
+                mock_test::next_items(&self.mock_test, &answers, &states, request.count as usize, prior);
+            return Ok(Response::new(ScoreCandidatesResponse {
+                items: ranked.into_iter().map(scored).collect(),
+                mock_test: Some(MockTestEstimate {
+                    ability: state.estimate.ability,
+                    standard_error: state.estimate.standard_error,
+                    answered: state.answered,
+                    finished: state.finished,
+                    status: state.status,
+                }),
+            }));
+        }
+
+        let situation = Situation {
+            now_ms: now,
+            desired_retention: retention,
+            target_success: self.target_success(&request.learner_id).await?,
+        };
+        let items = ranking::rank(&self.ranking, &self.memory, &states, mode, request.count as usize, situation)
             .into_iter()
-            .map(|r| ScoredItem {
-                item_id: r.item_id,
-                reason: r.reason as i32,
-                score: r.score,
-                predicted_recall: r.predicted_recall,
-                predicted_success: r.predicted_success,
-            })
+            .map(scored)
             .collect();
-        Ok(Response::new(ScoreCandidatesResponse { items }))
+        Ok(Response::new(ScoreCandidatesResponse { items, mock_test: None }))
     }
 
     async fn apply_attempt(&self, request: Request<ApplyAttemptRequest>) -> RpcResult<ApplyAttemptResponse> {
@@ -135,13 +220,17 @@ impl ScoringService for ScoringApi {
                     Some(due) => millis("prior_due_time", due).map_err(ScoringError::from)?,
                     None => last_review_ms,
                 };
-                Some(Card {
-                    memory: to_fsrs(memory),
-                    phase: phase(memory),
-                    step: memory.step as usize,
-                    last_review_ms,
-                    interval_ms: due_ms.saturating_sub(last_review_ms).max(0),
-                })
+                Some((
+                    Card {
+                        memory: to_fsrs(memory),
+                        phase: phase(memory),
+                        step: memory.step as usize,
+                        last_review_ms,
+                        interval_ms: due_ms.saturating_sub(last_review_ms).max(0),
+                    },
+                    memory.knowledge,
+                    due_ms,
+                ))
             }
             _ => None,
         };
@@ -156,35 +245,61 @@ impl ScoringService for ScoringApi {
         let item = calibration.get(&request.item_id).copied();
         let theta = ability(&abilities, &request.skill_ids);
         let difficulty = item.map_or(request.initial_difficulty, |e| e.value);
-        let p = model::success_probability(theta, difficulty, model::guess(request.choice_count));
+        let guess = ability::guess(request.choice_count);
+        let state = CandidateState {
+            item_id: request.item_id.clone(),
+            skill_ids: request.skill_ids.clone(),
+            seen: prior.as_ref().map(|(card, knowledge, due_ms)| Seen {
+                memory: card.memory,
+                phase: card.phase,
+                last_review_ms: card.last_review_ms,
+                due_ms: Some(*due_ms),
+                last_rating: Rating::Unspecified,
+                knowledge: *knowledge,
+            }),
+            ability: theta,
+            difficulty,
+            guess,
+            blocked_by: Vec::new(),
+        };
+        let (recall_before, success_before) = state.predict(&self.memory, answer_ms);
         let fuzz = Some(fuzz_unit(&request.attempt_id));
         let update = self
             .memory
-            .review(prior.as_ref(), rating, answer_ms, retention, fuzz)
+            .review(prior.as_ref().map(|(card, _, _)| card), rating, answer_ms, retention, fuzz)
             .map_err(|e| ScoringError::Model(e.to_string()))?;
 
         // Ability and difficulty are prior knowledge: only first attempts move them; later
-        // attempts are memory, which FSRS tracks.
+        // attempts are memory, which FSRS and the current-knowledge estimate track.
         let correct = rating != Rating::Again;
-        let surprise = f64::from(u8::from(correct)) - p;
-        let (ability_deltas, difficulty_delta) = if prior.is_none() {
+        let first = prior.is_none();
+        let surprise = f64::from(u8::from(correct)) - success_before;
+        let (ability_deltas, difficulty_delta) = if first {
             let deltas = request
                 .skill_ids
                 .iter()
-                .map(|s| (s.clone(), model::elo_step(abilities.get(s).map_or(0, |e| e.attempts)) * surprise))
+                .map(|s| (s.clone(), ability::elo_step(abilities.get(s).map_or(0, |e| e.attempts)) * surprise))
                 .collect();
-            let item_step = model::elo_step(item.map_or(0, |e| e.attempts));
+            let item_step = ability::elo_step(item.map_or(0, |e| e.attempts));
             (deltas, Some((request.initial_difficulty, -item_step * surprise)))
         } else {
             (Vec::new(), None)
         };
+        let knowledge_before = prior.as_ref().and_then(|(_, k, _)| *k).unwrap_or(theta - difficulty);
+        let knowledge = ability::knowledge_after(knowledge_before, guess, correct);
+        let practice = (first && !request.mock_test).then(|| PracticeOutcome {
+            correct,
+            step: self.ranking.correction_step(correct),
+            limit: self.ranking.target_correction_limit,
+            start: self.ranking.target_success,
+        });
         let first_skill = request.skill_ids.first();
         let response = ApplyAttemptResponse {
-            memory: Some(to_proto(&update.card)),
+            memory: Some(to_proto(&update.card, knowledge)),
             due_time: Some(timestamp(update.due_ms)),
             interval: Some(duration(update.card.interval_ms)),
-            predicted_recall: update.recall_before,
-            predicted_success: if prior.is_some() { update.recall_before } else { p },
+            predicted_recall: if first { 0.0 } else { recall_before },
+            predicted_success: success_before,
             ability: first_skill.map_or(theta, |s| {
                 abilities.get(s).map_or(0.0, |e| e.value)
                     + ability_deltas.iter().find(|(k, _)| k == s).map_or(0.0, |(_, d)| *d)
@@ -199,6 +314,7 @@ impl ScoringService for ScoringApi {
             response,
             ability_deltas,
             difficulty_delta,
+            practice,
         };
         if !self.store.apply(&effects).await.map_err(ScoringError::from)? {
             // Another call applied the same attempt id between our check and our write.
@@ -210,7 +326,7 @@ impl ScoringService for ScoringApi {
                 .ok_or_else(|| ScoringError::Model("applied attempt vanished".to_owned()))?;
             return replay(applied, &request);
         }
-        Ok(Response::new(response))
+        Ok(Response::new(effects.response))
     }
 
     async fn predict_recall(&self, request: Request<PredictRecallRequest>) -> RpcResult<PredictRecallResponse> {
@@ -244,6 +360,7 @@ impl ScoringService for ScoringApi {
             .collect();
         skills.sort_by(|a, b| a.skill_id.cmp(&b.skill_id));
         let attempt_count = self.store.attempt_count(&request.learner_id).await.map_err(ScoringError::from)?;
+        let practice = self.store.practice_target(&request.learner_id).await.map_err(ScoringError::from)?;
         Ok(Response::new(GetLearnerModelResponse {
             model: Some(LearnerModel {
                 learner_id: request.learner_id,
@@ -251,6 +368,9 @@ impl ScoringService for ScoringApi {
                 fsrs_parameters: self.memory.parameters().iter().map(|w| f64::from(*w)).collect(),
                 parameters_fitted: false,
                 attempt_count,
+                practice_first_attempts: practice.map_or(0, |p| p.first_attempts),
+                rolling_success: practice.map_or(0.0, |p| p.rolling_success),
+                target_success: self.ranking.effective_target(practice.map_or(0.0, |p| p.correction)),
             }),
         }))
     }

@@ -16,7 +16,9 @@ use tonic::service::Routes;
 
 pub use api::ScoringApi;
 pub use error::ScoringError;
-pub use store::{AppliedAttempt, AttemptEffects, Estimate, ScoringStore};
+pub use model::mock_test::MockTestPolicy;
+pub use model::ranking::RankingPolicy;
+pub use store::{AppliedAttempt, AttemptEffects, Estimate, PracticeOutcome, PracticeTarget, ScoringStore};
 
 pub const SERVICE_NAME: &str = scoring_service_server::SERVICE_NAME;
 
@@ -24,17 +26,107 @@ pub const SERVICE_NAME: &str = scoring_service_server::SERVICE_NAME;
 /// room for 4-6 pods on one PostgreSQL.
 pub const POOL_DEFAULTS: PoolDefaults = PoolDefaults { max_connections: 40, min_connections: 8 };
 
-pub const MIGRATIONS: &[MigrationStep] = &[MigrationStep {
-    version: 1,
-    description: "scoring",
-    postgres: include_str!("../migrations/postgres/0001_scoring.sql"),
-    sqlite: include_str!("../migrations/sqlite/0001_scoring.sql"),
-}];
+pub const MIGRATIONS: &[MigrationStep] = &[
+    MigrationStep {
+        version: 1,
+        description: "scoring",
+        postgres: include_str!("../migrations/postgres/0001_scoring.sql"),
+        sqlite: include_str!("../migrations/sqlite/0001_scoring.sql"),
+    },
+    MigrationStep {
+        version: 2,
+        description: "practice targets",
+        postgres: include_str!("../migrations/postgres/0002_practice_targets.sql"),
+        sqlite: include_str!("../migrations/sqlite/0002_practice_targets.sql"),
+    },
+];
 
 #[derive(Debug, Clone)]
 pub struct ScoringConfig {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
+    pub policies: Policies,
+}
+
+/// How items are chosen: the practice ranking and the mock-test stopping rule.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Policies {
+    pub ranking: RankingPolicy,
+    pub mock_test: MockTestPolicy,
+}
+
+impl Policies {
+    pub fn validate(&self) -> Result<(), String> {
+        self.ranking.validate()?;
+        self.mock_test.validate()
+    }
+}
+
+/// Command-line settings of the policies; the defaults are those of [`Policies::default`].
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
+    /// Success rate new items are chosen for, before each learner's correction.
+    #[arg(long, env = "ALP_TARGET_SUCCESS", default_value_t = 0.80)]
+    pub target_success: f64,
+    /// Items answered this recently wait while anything else is available.
+    #[arg(long, env = "ALP_RECENCY_WINDOW", default_value = "120s", value_parser = alp_runtime::time::parse_duration)]
+    pub recency_window: std::time::Duration,
+    /// Score taken off items answered within the recency window.
+    #[arg(long, env = "ALP_RECENCY_PENALTY", default_value_t = 2.5)]
+    pub recency_penalty: f64,
+    /// Score taken off an item sharing a skill with the item just before it.
+    #[arg(long, env = "ALP_SAME_SKILL_PENALTY", default_value_t = 0.3)]
+    pub same_skill_penalty: f64,
+    /// Weight of due reviews (their score is this plus an urgency of 0-1).
+    #[arg(long, env = "ALP_REVIEW_WEIGHT", default_value_t = 2.0)]
+    pub review_weight: f64,
+    /// Weight of new items (times their closeness to the target, 0-1).
+    #[arg(long, env = "ALP_NEW_WEIGHT", default_value_t = 1.0)]
+    pub new_weight: f64,
+    /// Weight of not-yet-due reviews (times one minus recall).
+    #[arg(long, env = "ALP_EARLY_REVIEW_WEIGHT", default_value_t = 0.5)]
+    pub early_review_weight: f64,
+    /// First attempts on a prerequisite skill before it can count as mastered.
+    #[arg(long, env = "ALP_MASTERY_ATTEMPTS", default_value_t = 3)]
+    pub mastery_attempts: i64,
+    /// Predicted success on an average item at which a prerequisite counts as mastered.
+    #[arg(long, env = "ALP_MASTERY_SUCCESS", default_value_t = 0.60)]
+    pub mastery_success: f64,
+    /// A mock test stops once its standard error is at or below this.
+    #[arg(long, env = "ALP_MOCK_TEST_STANDARD_ERROR", default_value_t = 0.40)]
+    pub mock_test_standard_error: f64,
+    /// Fewest items of a mock test.
+    #[arg(long, env = "ALP_MOCK_TEST_MIN_ITEMS", default_value_t = 5)]
+    pub mock_test_min_items: u32,
+    /// Most items of a mock test.
+    #[arg(long, env = "ALP_MOCK_TEST_MAX_ITEMS", default_value_t = 30)]
+    pub mock_test_max_items: u32,
+}
+
+impl PolicyArgs {
+    pub fn policies(&self) -> Result<Policies, String> {
+        let ranking = RankingPolicy {
+            target_success: self.target_success,
+            recency_window_ms: i64::try_from(self.recency_window.as_millis()).unwrap_or(i64::MAX),
+            recency_penalty: self.recency_penalty,
+            same_skill_penalty: self.same_skill_penalty,
+            review_weight: self.review_weight,
+            new_weight: self.new_weight,
+            early_review_weight: self.early_review_weight,
+            mastery_attempts: self.mastery_attempts,
+            mastery_success: self.mastery_success,
+            ..RankingPolicy::default()
+        };
+        let mock_test = MockTestPolicy {
+            target_standard_error: self.mock_test_standard_error,
+            min_items: self.mock_test_min_items,
+            max_items: self.mock_test_max_items,
+            ..MockTestPolicy::default()
+        };
+        let policies = Policies { ranking, mock_test };
+        policies.validate()?;
+        Ok(policies)
+    }
 }
 
 pub async fn serve(config: ScoringConfig, listener: TcpListener) -> Result<(), ServeError> {
@@ -46,9 +138,10 @@ pub async fn serve_with_shutdown(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    config.policies.validate().map_err(ServeError::Setup)?;
     let db = Database::connect(&config.database).await?;
     db.ensure_migrated("scoring", MIGRATIONS).await?;
-    let api = ScoringApi::new(ScoringStore::new(db.clone()));
+    let api = ScoringApi::new(ScoringStore::new(db.clone()), config.policies.clone());
     let routes = Routes::new(ScoringServiceServer::new(api).max_decoding_message_size(config.server.max_message_bytes));
     let readiness = Readiness::new().with_database(db.clone());
     let result = server::run(SERVICE_NAME, routes, &config.server, listener, readiness, shutdown).await;

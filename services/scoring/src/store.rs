@@ -9,12 +9,7 @@ use alp_runtime::time::now_millis;
 use prost::Message;
 use sqlx::{AssertSqlSafe, Row};
 
-/// A logit estimate and how many attempts it rests on.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Estimate {
-    pub value: f64,
-    pub attempts: i64,
-}
+pub use crate::model::ability::Estimate;
 
 /// An attempt applied before: who and what it was about, and the answer given then.
 #[derive(Debug, Clone)]
@@ -36,7 +31,31 @@ pub struct AttemptEffects {
     pub ability_deltas: Vec<(String, f64)>,
     /// (difficulty to start from when uncalibrated, change) for the item (first attempts only).
     pub difficulty_delta: Option<(f64, f64)>,
+    /// First attempts at new items in practice move the learner's target correction.
+    pub practice: Option<PracticeOutcome>,
 }
+
+/// A first attempt at a new practice item, as the target correction sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PracticeOutcome {
+    pub correct: bool,
+    /// Added to the correction, which stays within ±`limit`.
+    pub step: f64,
+    pub limit: f64,
+    /// The rolling success a learner starts from.
+    pub start: f64,
+}
+
+/// How a learner's first attempts at new practice items have gone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PracticeTarget {
+    pub correction: f64,
+    pub rolling_success: f64,
+    pub first_attempts: i64,
+}
+
+/// Weight of the newest outcome in the rolling success: about the last 20 count.
+const ROLLING_WEIGHT: f64 = 0.05;
 
 #[derive(Debug, Clone)]
 pub struct ScoringStore {
@@ -142,8 +161,50 @@ impl ScoringStore {
             .execute(&mut *tx)
             .await?;
         }
+        if let Some(practice) = effects.practice {
+            let outcome = f64::from(u8::from(practice.correct));
+            // One statement, so concurrent attempts of one learner cannot lose an update.
+            sqlx::query(
+                "INSERT INTO practice_targets AS t (learner_id, correction, rolling_success, first_attempts, update_time)
+                 VALUES ($1, $2, $3, 1, $6)
+                 ON CONFLICT (learner_id) DO UPDATE SET
+                    correction = CASE WHEN t.correction + $4 > $5 THEN $5
+                                      WHEN t.correction + $4 < -$5 THEN -$5
+                                      ELSE t.correction + $4 END,
+                    rolling_success = t.rolling_success * (1 - $7) + $7 * $8,
+                    first_attempts = t.first_attempts + 1, update_time = excluded.update_time",
+            )
+            .bind(&effects.learner_id)
+            .bind(practice.step.clamp(-practice.limit, practice.limit))
+            .bind(practice.start * (1.0 - ROLLING_WEIGHT) + ROLLING_WEIGHT * outcome)
+            .bind(practice.step)
+            .bind(practice.limit)
+            .bind(now)
+            .bind(ROLLING_WEIGHT)
+            .bind(outcome)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// The learner's practice target correction; None before their first practice attempt.
+    pub async fn practice_target(&self, learner_id: &str) -> Result<Option<PracticeTarget>, StoreError> {
+        let row = sqlx::query(
+            "SELECT correction, rolling_success, first_attempts FROM practice_targets WHERE learner_id = $1",
+        )
+        .bind(learner_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.map(|r| {
+            Ok(PracticeTarget {
+                correction: r.try_get(0)?,
+                rolling_success: r.try_get(1)?,
+                first_attempts: r.try_get(2)?,
+            })
+        })
+        .transpose()
     }
 
     pub async fn attempt_count(&self, learner_id: &str) -> Result<i64, StoreError> {

@@ -1,12 +1,17 @@
 //! Request checks for the scoring service.
 
 use alp_proto::common::v1::{MemoryPhase, MemoryState, Mode, Rating};
-use alp_proto::scoring::v1::{ApplyAttemptRequest, Candidate, RecallQuery, ScoreCandidatesRequest};
+use alp_proto::scoring::v1::{
+    ApplyAttemptRequest, Candidate, RecallQuery, ScoreCandidatesRequest, SkillPrerequisites, TestAnswer,
+};
 use alp_runtime::FieldViolation;
 use alp_runtime::validate::{count, id, range};
 
 pub const MAX_CANDIDATES: usize = 2000;
 pub const MAX_COUNT: u32 = 100;
+const MAX_SKILLS: usize = 2000;
+const MAX_PREREQUISITES: usize = 100;
+const MAX_TEST_ANSWERS: usize = 1000;
 
 pub fn retention(field: &str, value: f64) -> Result<f64, FieldViolation> {
     if value == 0.0 {
@@ -28,6 +33,9 @@ pub fn memory(field: &str, memory: &MemoryState) -> Result<(), FieldViolation> {
     if memory.step > MAX_STEP {
         return Err(FieldViolation::new(format!("{field}.step"), format!("must be at most {MAX_STEP}")));
     }
+    if let Some(knowledge) = memory.knowledge {
+        range(&format!("{field}.knowledge"), knowledge, -50.0, 50.0)?;
+    }
     Ok(())
 }
 
@@ -41,25 +49,74 @@ pub fn mode(value: i32) -> Result<Mode, FieldViolation> {
 
 pub fn score_request(request: &ScoreCandidatesRequest) -> Result<(), FieldViolation> {
     id("learner_id", &request.learner_id)?;
-    count("candidates", &request.candidates, MAX_CANDIDATES)?;
+    // A mock test may have asked every item: it needs no candidates to report its end.
+    if request.mode != Mode::MockTest as i32 || !request.candidates.is_empty() {
+        count("candidates", &request.candidates, MAX_CANDIDATES)?;
+    }
     if request.count == 0 || request.count > MAX_COUNT {
         return Err(FieldViolation::new("count", format!("must be between 1 and {MAX_COUNT}")));
     }
     for (i, candidate) in request.candidates.iter().enumerate() {
         self::candidate(candidate).map_err(|v| v.within(format!("candidates[{i}]")))?;
     }
+    if request.skill_graph.len() > MAX_SKILLS {
+        return Err(FieldViolation::new("skill_graph", format!("must have at most {MAX_SKILLS} skills")));
+    }
+    for (i, skill) in request.skill_graph.iter().enumerate() {
+        prerequisites(skill).map_err(|v| v.within(format!("skill_graph[{i}]")))?;
+    }
+    if request.mock_test_answers.len() > MAX_TEST_ANSWERS {
+        return Err(FieldViolation::new("mock_test_answers", format!("must have at most {MAX_TEST_ANSWERS} entries")));
+    }
+    for (i, answer) in request.mock_test_answers.iter().enumerate() {
+        test_answer(answer).map_err(|v| v.within(format!("mock_test_answers[{i}]")))?;
+    }
+    Ok(())
+}
+
+fn prerequisites(skill: &SkillPrerequisites) -> Result<(), FieldViolation> {
+    id("skill_id", &skill.skill_id)?;
+    if skill.prerequisite_skill_ids.len() > MAX_PREREQUISITES {
+        return Err(FieldViolation::new(
+            "prerequisite_skill_ids",
+            format!("must have at most {MAX_PREREQUISITES} entries"),
+        ));
+    }
+    for (j, prerequisite) in skill.prerequisite_skill_ids.iter().enumerate() {
+        id(&format!("prerequisite_skill_ids[{j}]"), prerequisite)?;
+    }
+    Ok(())
+}
+
+fn test_answer(answer: &TestAnswer) -> Result<(), FieldViolation> {
+    id("item_id", &answer.item_id)?;
+    skill_ids(&answer.skill_ids)?;
+    range("initial_difficulty", answer.initial_difficulty, -6.0, 6.0)?;
+    choice_count(answer.choice_count)
+}
+
+fn skill_ids(skills: &[String]) -> Result<(), FieldViolation> {
+    if skills.len() > 20 {
+        return Err(FieldViolation::new("skill_ids", "must have at most 20 entries"));
+    }
+    for (j, skill) in skills.iter().enumerate() {
+        id(&format!("skill_ids[{j}]"), skill)?;
+    }
+    Ok(())
+}
+
+fn choice_count(value: u32) -> Result<(), FieldViolation> {
+    if value > 10 {
+        return Err(FieldViolation::new("choice_count", "must be at most 10"));
+    }
     Ok(())
 }
 
 fn candidate(candidate: &Candidate) -> Result<(), FieldViolation> {
     id("item_id", &candidate.item_id)?;
-    for (j, skill) in candidate.skill_ids.iter().enumerate() {
-        id(&format!("skill_ids[{j}]"), skill)?;
-    }
+    skill_ids(&candidate.skill_ids)?;
     range("initial_difficulty", candidate.initial_difficulty, -6.0, 6.0)?;
-    if candidate.choice_count > 10 {
-        return Err(FieldViolation::new("choice_count", "must be at most 10"));
-    }
+    choice_count(candidate.choice_count)?;
     if let Some(m) = &candidate.memory {
         memory("memory", m)?;
         if candidate.last_review_time.is_none() {
@@ -73,16 +130,9 @@ pub fn apply_request(request: &ApplyAttemptRequest) -> Result<Rating, FieldViola
     id("attempt_id", &request.attempt_id)?;
     id("learner_id", &request.learner_id)?;
     id("item_id", &request.item_id)?;
-    if request.skill_ids.len() > 20 {
-        return Err(FieldViolation::new("skill_ids", "must have at most 20 entries"));
-    }
-    for (j, skill) in request.skill_ids.iter().enumerate() {
-        id(&format!("skill_ids[{j}]"), skill)?;
-    }
+    skill_ids(&request.skill_ids)?;
     range("initial_difficulty", request.initial_difficulty, -6.0, 6.0)?;
-    if request.choice_count > 10 {
-        return Err(FieldViolation::new("choice_count", "must be at most 10"));
-    }
+    choice_count(request.choice_count)?;
     if let Some(m) = &request.prior_memory {
         memory("prior_memory", m)?;
         if request.last_review_time.is_none() {

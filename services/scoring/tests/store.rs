@@ -4,7 +4,7 @@
 
 use alp_proto::scoring::v1::ApplyAttemptResponse;
 use alp_runtime::testing::on_every_backend;
-use alp_scoring::{AttemptEffects, Estimate, MIGRATIONS, ScoringStore};
+use alp_scoring::{AttemptEffects, Estimate, MIGRATIONS, PracticeOutcome, ScoringStore};
 
 fn effects(attempt: &str, learner: &str, item: &str, ability: f64, difficulty: Option<(f64, f64)>) -> AttemptEffects {
     AttemptEffects {
@@ -14,6 +14,7 @@ fn effects(attempt: &str, learner: &str, item: &str, ability: f64, difficulty: O
         response: ApplyAttemptResponse { predicted_success: 0.5, ability, ..ApplyAttemptResponse::default() },
         ability_deltas: vec![("s1".into(), ability)],
         difficulty_delta: difficulty,
+        practice: None,
     }
 }
 
@@ -74,6 +75,44 @@ async fn calibration_reads_large_id_lists_in_chunks() {
         let found = store.calibration(&ids).await.unwrap();
         assert_eq!(found.len(), 3);
         assert_eq!(found["i2"].value, 2.0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn practice_corrections_add_up_within_their_limit_and_the_success_rate_rolls() {
+    on_every_backend("scoring", MIGRATIONS, |db| async move {
+        let store = ScoringStore::new(db);
+        assert!(store.practice_target("l1").await.unwrap().is_none());
+        let wrong = PracticeOutcome { correct: false, step: 0.008, limit: 0.15, start: 0.8 };
+        let apply = |n: usize, practice: PracticeOutcome| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let effects =
+                    AttemptEffects { practice: Some(practice), ..effects(&format!("p{n}"), "l1", "i1", 0.0, None) };
+                assert!(store.apply(&effects).await.unwrap());
+            })
+        };
+        let tasks: Vec<_> = (0..10).map(|n| apply(n, wrong)).collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let target = store.practice_target("l1").await.unwrap().unwrap();
+        assert_eq!(target.first_attempts, 10);
+        assert!((target.correction - 0.08).abs() < 1e-9, "{target:?}");
+        // Ten failures pull the rolling rate from 0.8 by 5 % each.
+        assert!((target.rolling_success - 0.8 * 0.95f64.powi(10)).abs() < 1e-9, "{target:?}");
+
+        let tasks: Vec<_> = (10..40).map(|n| apply(n, wrong)).collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let target = store.practice_target("l1").await.unwrap().unwrap();
+        assert!((target.correction - 0.15).abs() < 1e-9, "held at the limit: {target:?}");
+        apply(40, PracticeOutcome { correct: true, step: -0.002, ..wrong }).await.unwrap();
+        let target = store.practice_target("l1").await.unwrap().unwrap();
+        assert!((target.correction - 0.148).abs() < 1e-9, "comes back from the limit at once: {target:?}");
+        assert!(store.practice_target("l2").await.unwrap().is_none());
     })
     .await;
 }

@@ -50,7 +50,8 @@ pub async fn start(databases: Databases, dir: Option<tempfile::TempDir>) -> Runn
     let addresses = listeners.addresses().unwrap();
     let stop = CancellationToken::new();
     let signal = stop.clone().cancelled_owned();
-    let task = tokio::spawn(suite::run(listeners, databases, test_server_config(), signal));
+    let task =
+        tokio::spawn(suite::run(listeners, databases, test_server_config(), alp_scoring::Policies::default(), signal));
     wait_serving(addresses.scheduler, "alp.scheduler.v1.SchedulerService").await;
     Running { addresses, stop, task, _dir: dir }
 }
