@@ -34,6 +34,16 @@ pub enum Command {
     Serve(ServeArgs),
     /// Applies a service's database migrations.
     Migrate(MigrateArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The adaptive engine on simulated learners: recall prediction, adaptive practice; writes
+    /// docs/quality.md and docs/quality-calibration.svg.
+    Quality(alp_bench::quality::QualityArgs),
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +107,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev(args).await,
         Command::Serve(args) => serve(args).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Bench(BenchCommand::Quality(args)) => {
+            let out = args.out.clone();
+            tokio::task::spawn_blocking(move || alp_bench::quality::run(&args)).await??;
+            tracing::info!(report = %out.join("quality.md").display(), "quality benchmark written");
+            Ok(())
+        }
     }
 }
 

@@ -273,15 +273,19 @@ impl ScoringService for ScoringApi {
         // attempts are memory, which FSRS and the current-knowledge estimate track.
         let correct = rating != Rating::Again;
         let first = prior.is_none();
-        let surprise = f64::from(u8::from(correct)) - success_before;
+        let item_attempts = item.map_or(0, |e| e.attempts);
+        let steps =
+            |learner_attempts| ability::first_attempt_steps(success_before, correct, learner_attempts, item_attempts);
         let (ability_deltas, difficulty_delta) = if first {
             let deltas = request
                 .skill_ids
                 .iter()
-                .map(|s| (s.clone(), ability::elo_step(abilities.get(s).map_or(0, |e| e.attempts)) * surprise))
+                .map(|s| (s.clone(), steps(abilities.get(s).map_or(0, |e| e.attempts)).0))
                 .collect();
-            let item_step = ability::elo_step(item.map_or(0, |e| e.attempts));
-            (deltas, Some((request.initial_difficulty, -item_step * surprise)))
+            // A mock test measures against the calibration as it stands: moving an item's
+            // difficulty by the answer it is measuring would pull the estimate towards the middle.
+            let item_change = (!request.mock_test).then(|| (request.initial_difficulty, steps(0).1));
+            (deltas, item_change)
         } else {
             (Vec::new(), None)
         };

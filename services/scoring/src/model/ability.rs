@@ -37,6 +37,14 @@ pub fn elo_step(attempts: i64) -> f64 {
     0.8 / (1.0 + 0.05 * attempts.max(0) as f64)
 }
 
+/// Elo steps of a first attempt answered with `predicted` success: (learner ability change,
+/// after `learner_attempts` earlier first attempts on the skill; item difficulty change, after
+/// `item_attempts` earlier first attempts at the item).
+pub fn first_attempt_steps(predicted: f64, correct: bool, learner_attempts: i64, item_attempts: i64) -> (f64, f64) {
+    let surprise = f64::from(u8::from(correct)) - predicted;
+    (elo_step(learner_attempts) * surprise, -elo_step(item_attempts) * surprise)
+}
+
 /// The current-knowledge estimate after an answer, from the estimate before it.
 pub fn knowledge_after(knowledge: f64, guess: f64, correct: bool) -> f64 {
     let p = success_probability(knowledge, 0.0, guess);

@@ -1,0 +1,184 @@
+//! Simulated learners of known ability practise and sit mock tests through the running suite,
+//! over gRPC: the engine must pick items near the target, tell the strong from the weak, and
+//! end each mock test with an estimate that contains the truth.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use alp_proto::common::v1::{Mode, Reason};
+use alp_proto::content::v1::content_service_client::ContentServiceClient;
+use alp_proto::content::v1::*;
+use alp_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
+use alp_proto::scheduler::v1::submit_attempt_request::Outcome;
+use alp_proto::scheduler::v1::*;
+use alp_proto::scoring::v1::GetLearnerModelRequest;
+use alp_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
+use alp_proto::user::v1::user_service_client::UserServiceClient;
+use alp_proto::user::v1::*;
+use common::channel;
+use tonic::transport::Channel;
+
+const COURSE: &str = "ladder";
+const ITEMS: usize = 60;
+
+/// Item n's true difficulty, from -4 to 4; authors know it, so the estimates start calibrated.
+fn difficulty(n: usize) -> f64 {
+    -4.0 + 8.0 * n as f64 / (ITEMS - 1) as f64
+}
+
+async fn course(content: &mut ContentServiceClient<Channel>) {
+    let course = Course { course_id: COURSE.into(), title: "A ladder of difficulty".into(), ..Default::default() };
+    content.create_course(CreateCourseRequest { course: Some(course) }).await.unwrap();
+    let skill = Skill { skill_id: "climbing".into(), name: "Climbing".into(), ..Default::default() };
+    content.upsert_skills(UpsertSkillsRequest { course_id: COURSE.into(), skills: vec![skill] }).await.unwrap();
+    let items = (0..ITEMS)
+        .map(|n| Item {
+            item_id: format!("rung-{n}"),
+            course_id: COURSE.into(),
+            kind: ItemKind::Numeric as i32,
+            prompt: format!("Rung {n}"),
+            answer: Some(AnswerKey {
+                key: Some(answer_key::Key::Numeric(NumericAnswer { value: n as f64, tolerance: 0.0 })),
+            }),
+            skill_ids: vec!["climbing".into()],
+            difficulty: difficulty(n),
+            ..Default::default()
+        })
+        .collect();
+    content.upsert_items(UpsertItemsRequest { items }).await.unwrap();
+}
+
+/// A learner who answers by the Rasch model with a fixed ability; deterministic draws.
+struct Simulated {
+    id: String,
+    ability: f64,
+    state: u64,
+}
+
+impl Simulated {
+    fn new(id: &str, ability: f64, seed: u64) -> Self {
+        Self { id: id.into(), ability, state: seed }
+    }
+
+    fn uniform(&mut self) -> f64 {
+        // splitmix64
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) as f64 / u64::MAX as f64
+    }
+
+    fn answers(&mut self, item_id: &str) -> bool {
+        let n: usize = item_id.trim_start_matches("rung-").parse().unwrap();
+        let p = 1.0 / (1.0 + (difficulty(n) - self.ability).exp());
+        self.uniform() < p
+    }
+}
+
+struct Suite {
+    scheduler: SchedulerServiceClient<Channel>,
+    scoring: ScoringServiceClient<Channel>,
+    user: UserServiceClient<Channel>,
+}
+
+impl Suite {
+    async fn enrol(&mut self, learner: &Simulated) {
+        let profile = Learner { learner_id: learner.id.clone(), ..Default::default() };
+        self.user.create_learner(CreateLearnerRequest { learner: Some(profile) }).await.unwrap();
+        let enrolment = EnrolLearnerRequest { learner_id: learner.id.clone(), course_id: COURSE.into() };
+        self.user.enrol_learner(enrolment).await.unwrap();
+    }
+
+    async fn next(&mut self, learner: &Simulated, mode: Mode, mock_test_id: &str) -> NextItemsResponse {
+        let request = NextItemsRequest {
+            learner_id: learner.id.clone(),
+            course_id: COURSE.into(),
+            count: 1,
+            mode: mode as i32,
+            mock_test_id: mock_test_id.into(),
+        };
+        let response = self.scheduler.next_items(request).await.unwrap().into_inner();
+        assert!(!response.degraded, "{}", response.degraded_reason);
+        response
+    }
+
+    async fn answer(&mut self, learner: &mut Simulated, item_id: &str, attempt_id: String, mock_test_id: &str) {
+        let correct = learner.answers(item_id);
+        let request = SubmitAttemptRequest {
+            attempt_id,
+            learner_id: learner.id.clone(),
+            item_id: item_id.into(),
+            outcome: Some(Outcome::Correct(correct)),
+            mock_test_id: mock_test_id.into(),
+            ..Default::default()
+        };
+        self.scheduler.submit_attempt(request).await.unwrap();
+    }
+
+    /// New items only, one at a time: returns the predicted success of each item offered.
+    async fn practise(&mut self, learner: &mut Simulated, attempts: usize) -> Vec<f64> {
+        let mut predicted = Vec::new();
+        for n in 0..attempts {
+            let next = self.next(learner, Mode::Practice, "").await;
+            let item = next.items.into_iter().find(|i| i.reason == Reason::New as i32).expect("a new item");
+            predicted.push(item.predicted_success);
+            let attempt_id = format!("{}-practice-{n}", learner.id);
+            self.answer(learner, &item.item_id, attempt_id, "").await;
+        }
+        predicted
+    }
+
+    async fn mock_test(&mut self, learner: &mut Simulated) -> alp_proto::common::v1::MockTestEstimate {
+        let test = format!("{}-exam", learner.id);
+        for n in 0.. {
+            let next = self.next(learner, Mode::MockTest, &test).await;
+            let estimate = next.mock_test.unwrap();
+            if estimate.finished {
+                return estimate;
+            }
+            let item = &next.items[0];
+            self.answer(learner, &item.item_id, format!("{test}-{n}"), &test).await;
+        }
+        unreachable!()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_learners_practise_and_are_measured_over_grpc() {
+    let running = common::start_sqlite().await;
+    let a = running.addresses;
+    course(&mut ContentServiceClient::new(channel(a.content))).await;
+    let mut suite = Suite {
+        scheduler: SchedulerServiceClient::new(channel(a.scheduler)),
+        scoring: ScoringServiceClient::new(channel(a.scoring)),
+        user: UserServiceClient::new(channel(a.user)),
+    };
+    let mut strong = Simulated::new("strong", 1.5, 11);
+    let mut weak = Simulated::new("weak", -1.0, 12);
+    suite.enrol(&strong).await;
+    suite.enrol(&weak).await;
+
+    for learner in [&mut strong, &mut weak] {
+        let predicted = suite.practise(learner, 12).await;
+        // The first pick has nothing to go on but calibrated items: it sits at the target.
+        assert!((predicted[0] - 0.8).abs() < 0.05, "{}: {predicted:?}", learner.id);
+        let mean = predicted.iter().sum::<f64>() / predicted.len() as f64;
+        assert!((mean - 0.8).abs() < 0.1, "{}: {predicted:?}", learner.id);
+    }
+    let ability = |model: alp_proto::scoring::v1::GetLearnerModelResponse| model.model.unwrap().skills[0].ability;
+    let request = |id: &str| GetLearnerModelRequest { learner_id: id.into() };
+    let strong_practice = ability(suite.scoring.get_learner_model(request("strong")).await.unwrap().into_inner());
+    let weak_practice = ability(suite.scoring.get_learner_model(request("weak")).await.unwrap().into_inner());
+    assert!(strong_practice > weak_practice + 1.0, "strong {strong_practice}, weak {weak_practice}");
+
+    for learner in [&mut strong, &mut weak] {
+        let estimate = suite.mock_test(learner).await;
+        assert!(estimate.status.starts_with("finished"), "{estimate:?}");
+        assert!(estimate.standard_error <= 0.6, "{}: {estimate:?}", learner.id);
+        let error = (estimate.ability - learner.ability).abs();
+        assert!(error <= 2.5 * estimate.standard_error, "{}: {estimate:?} for a true {}", learner.id, learner.ability);
+    }
+    running.shutdown().await;
+}
