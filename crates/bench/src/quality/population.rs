@@ -1,6 +1,8 @@
 //! The simulated learners and items, with the ground truth the models try to recover.
 //!
-//! - Items: `skills` × `items_per_skill`; true difficulty ~ N(0, 1.2) logits; one in three is
+//! - Items: `skills` × `items_per_skill`; true difficulty ~ N(−1, 1.5) logits (centred near
+//!   where an average learner succeeds 80 % of the time, wide enough that weak and strong
+//!   learners have items at their target too); one in three is
 //!   multiple choice with four options (guessing floor 0.25). The author's initial difficulty
 //!   is the truth plus N(0, 0.8) noise.
 //! - Skills form a tree: skill k > 0 needs skill (k − 1) / 2 first.
@@ -71,7 +73,7 @@ impl Population {
         let mut items = Vec::with_capacity(spec.skills * spec.items_per_skill);
         for skill in 0..spec.skills {
             for n in 0..spec.items_per_skill {
-                let difficulty = 1.2 * normal(rng);
+                let difficulty = -1.0 + 1.5 * normal(rng);
                 items.push(Item {
                     id: format!("s{skill}-i{n}"),
                     skill,

@@ -20,8 +20,13 @@ pub fn markdown(r: &QualityReport) -> String {
         "Written by `alp bench quality --seed {} --learners {} --days {} --practice-learners {} --practice-items {}` \
          (release build, one thread). The simulated learners, items and their ground truth are described in \
          `crates/bench/src/quality/population.rs`; each experiment's method in its module. \
-         Same seed, same numbers.\n",
-        a.seed, a.learners, a.days, a.practice_learners, a.practice_items
+         Same seed, same numbers. Machine: {}.\n",
+        a.seed,
+        a.learners,
+        a.days,
+        a.practice_learners,
+        a.practice_items,
+        machine()
     );
 
     let _ = writeln!(md, "## Recall prediction\n");
@@ -102,6 +107,22 @@ pub fn markdown(r: &QualityReport) -> String {
     );
     let _ = writeln!(md, "## Scheduling efficiency\n\nNot measured yet.");
     md
+}
+
+/// The CPU model and core count, as far as the system says.
+fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(str::trim)
+                .map(String::from)
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("{model}, {cores} cores")
 }
 
 const COLOURS: [&str; 4] = ["#999999", "#d95f02", "#1b9e77", "#7570b3"];
