@@ -110,13 +110,7 @@ impl Downstream {
                     ..Default::default()
                 })
                 .await;
-            let page = match response {
-                Ok(r) => r.into_inner(),
-                Err(status) if status.code() == Code::NotFound => {
-                    return Err(SchedulerError::not_found("course", course_id));
-                }
-                Err(status) => return Err(SchedulerError::downstream("content", &status)),
-            };
+            let page = response.map_err(|status| course_error(course_id, &status))?.into_inner();
             unseen.extend(page.items.into_iter().filter(|i| !seen.contains(&i.item_id)));
             if unseen.len() >= want || page.next_page_token.is_empty() {
                 break;
@@ -138,13 +132,7 @@ impl Downstream {
                 .clone()
                 .list_skills(ListSkillsRequest { course_id: course_id.to_owned(), page_size: 1000, page_token })
                 .await;
-            let page = match response {
-                Ok(r) => r.into_inner(),
-                Err(status) if status.code() == Code::NotFound => {
-                    return Err(SchedulerError::not_found("course", course_id));
-                }
-                Err(status) => return Err(SchedulerError::downstream("content", &status)),
-            };
+            let page = response.map_err(|status| course_error(course_id, &status))?.into_inner();
             graph.extend(page.skills.into_iter().filter(|s| !s.prerequisite_skill_ids.is_empty()).map(|s| {
                 SkillPrerequisites { skill_id: s.skill_id, prerequisite_skill_ids: s.prerequisite_skill_ids }
             }));
@@ -154,5 +142,15 @@ impl Downstream {
             page_token = page.next_page_token;
         }
         Ok(graph)
+    }
+}
+
+/// A failed call about a course: NOT_FOUND is the caller's unknown course, anything else is
+/// content's trouble.
+fn course_error(course_id: &str, status: &tonic::Status) -> SchedulerError {
+    if status.code() == Code::NotFound {
+        SchedulerError::not_found("course", course_id)
+    } else {
+        SchedulerError::downstream("content", status)
     }
 }

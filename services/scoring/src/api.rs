@@ -194,11 +194,13 @@ impl ScoringService for ScoringApi {
             }));
         }
 
-        let situation = Situation {
-            now_ms: now,
-            desired_retention: retention,
-            target_success: self.target_success(&request.learner_id).await?,
+        // Only practice offers new items, the one thing the target decides.
+        let target_success = if mode == Mode::Practice {
+            self.target_success(&request.learner_id).await?
+        } else {
+            self.ranking.target_success
         };
+        let situation = Situation { now_ms: now, desired_retention: retention, target_success };
         let items = ranking::rank(&self.ranking, &self.memory, &states, mode, request.count as usize, situation)
             .into_iter()
             .map(scored)
@@ -302,7 +304,7 @@ impl ScoringService for ScoringApi {
             memory: Some(to_proto(&update.card, knowledge)),
             due_time: Some(timestamp(update.due_ms)),
             interval: Some(duration(update.card.interval_ms)),
-            predicted_recall: if first { 0.0 } else { recall_before },
+            predicted_recall: recall_before,
             predicted_success: success_before,
             ability: first_skill.map_or(theta, |s| {
                 abilities.get(s).map_or(0.0, |e| e.value)

@@ -62,44 +62,45 @@ impl Policies {
     }
 }
 
-/// Command-line settings of the policies; the defaults are those of [`Policies::default`].
+/// Command-line settings of the policies; the defaults are those of [`Policies::default`]
+/// (the recency window's `120s` excepted, which clap needs as text).
 #[derive(Debug, Clone, clap::Args)]
 pub struct PolicyArgs {
     /// Success rate new items are chosen for, before each learner's correction.
-    #[arg(long, env = "ALP_TARGET_SUCCESS", default_value_t = 0.80)]
+    #[arg(long, env = "ALP_TARGET_SUCCESS", default_value_t = RankingPolicy::default().target_success)]
     pub target_success: f64,
     /// Items answered this recently wait while anything else is available.
     #[arg(long, env = "ALP_RECENCY_WINDOW", default_value = "120s", value_parser = alp_runtime::time::parse_duration)]
     pub recency_window: std::time::Duration,
     /// Score taken off items answered within the recency window.
-    #[arg(long, env = "ALP_RECENCY_PENALTY", default_value_t = 2.5)]
+    #[arg(long, env = "ALP_RECENCY_PENALTY", default_value_t = RankingPolicy::default().recency_penalty)]
     pub recency_penalty: f64,
     /// Score taken off an item sharing a skill with the item just before it.
-    #[arg(long, env = "ALP_SAME_SKILL_PENALTY", default_value_t = 0.3)]
+    #[arg(long, env = "ALP_SAME_SKILL_PENALTY", default_value_t = RankingPolicy::default().same_skill_penalty)]
     pub same_skill_penalty: f64,
     /// Weight of due reviews (their score is this plus an urgency of 0-1).
-    #[arg(long, env = "ALP_REVIEW_WEIGHT", default_value_t = 2.0)]
+    #[arg(long, env = "ALP_REVIEW_WEIGHT", default_value_t = RankingPolicy::default().review_weight)]
     pub review_weight: f64,
     /// Weight of new items (times their closeness to the target, 0-1).
-    #[arg(long, env = "ALP_NEW_WEIGHT", default_value_t = 1.0)]
+    #[arg(long, env = "ALP_NEW_WEIGHT", default_value_t = RankingPolicy::default().new_weight)]
     pub new_weight: f64,
     /// Weight of not-yet-due reviews (times one minus recall).
-    #[arg(long, env = "ALP_EARLY_REVIEW_WEIGHT", default_value_t = 0.5)]
+    #[arg(long, env = "ALP_EARLY_REVIEW_WEIGHT", default_value_t = RankingPolicy::default().early_review_weight)]
     pub early_review_weight: f64,
     /// First attempts on a prerequisite skill before it can count as mastered.
-    #[arg(long, env = "ALP_MASTERY_ATTEMPTS", default_value_t = 3)]
+    #[arg(long, env = "ALP_MASTERY_ATTEMPTS", default_value_t = RankingPolicy::default().mastery_attempts)]
     pub mastery_attempts: i64,
     /// Predicted success on an average item at which a prerequisite counts as mastered.
-    #[arg(long, env = "ALP_MASTERY_SUCCESS", default_value_t = 0.60)]
+    #[arg(long, env = "ALP_MASTERY_SUCCESS", default_value_t = RankingPolicy::default().mastery_success)]
     pub mastery_success: f64,
     /// A mock test stops once its standard error is at or below this.
-    #[arg(long, env = "ALP_MOCK_TEST_STANDARD_ERROR", default_value_t = 0.40)]
+    #[arg(long, env = "ALP_MOCK_TEST_STANDARD_ERROR", default_value_t = MockTestPolicy::default().target_standard_error)]
     pub mock_test_standard_error: f64,
     /// Fewest items of a mock test.
-    #[arg(long, env = "ALP_MOCK_TEST_MIN_ITEMS", default_value_t = 5)]
+    #[arg(long, env = "ALP_MOCK_TEST_MIN_ITEMS", default_value_t = MockTestPolicy::default().min_items)]
     pub mock_test_min_items: u32,
     /// Most items of a mock test.
-    #[arg(long, env = "ALP_MOCK_TEST_MAX_ITEMS", default_value_t = 30)]
+    #[arg(long, env = "ALP_MOCK_TEST_MAX_ITEMS", default_value_t = MockTestPolicy::default().max_items)]
     pub mock_test_max_items: u32,
 }
 

@@ -43,11 +43,12 @@ pub fn run(
 ) -> PracticeResult {
     let mut rng = StdRng::seed_from_u64(seed);
     let model = MemoryModel::default();
+    let skills: Vec<String> = (0..population.prerequisites.len()).map(skill_name).collect();
     let graph: HashMap<String, Vec<String>> = population
         .prerequisites
         .iter()
         .enumerate()
-        .map(|(k, p)| (skill_name(k), p.iter().map(|s| skill_name(*s)).collect()))
+        .map(|(k, p)| (skills[k].clone(), p.iter().map(|s| skills[*s].clone()).collect()))
         .collect();
     let mut items: Vec<Estimate> =
         population.items.iter().map(|i| Estimate { value: i.initial_difficulty, attempts: 0 }).collect();
@@ -66,14 +67,14 @@ pub fn run(
                     .enumerate()
                     .filter(|(i, _)| !seen[l].contains(i))
                     .map(|(i, item)| {
-                        let skill = skill_name(item.skill);
+                        let skill = &skills[item.skill];
                         CandidateState {
                             item_id: i.to_string(),
-                            ability: abilities[l].get(&skill).map_or(0.0, |e| e.value),
+                            ability: abilities[l].get(skill).map_or(0.0, |e| e.value),
                             difficulty: items[i].value,
                             guess: item.guess(),
-                            blocked_by: unmet.get(&skill).cloned().unwrap_or_default(),
-                            skill_ids: vec![skill],
+                            blocked_by: unmet.get(skill).cloned().unwrap_or_default(),
+                            skill_ids: vec![skill.clone()],
                             seen: None,
                         }
                     })
@@ -89,8 +90,8 @@ pub fn run(
                 let Ok(i) = pick.item_id.parse::<usize>() else { break };
                 let item = &population.items[i];
                 let correct = answer(learner.first_success(item), &mut rng) != Rating::Again;
-                let skill = skill_name(item.skill);
-                let ability = abilities[l].entry(skill).or_insert(Estimate { value: 0.0, attempts: 0 });
+                let ability =
+                    abilities[l].entry(skills[item.skill].clone()).or_insert(Estimate { value: 0.0, attempts: 0 });
                 let (ability_step, difficulty_step) =
                     first_attempt_steps(pick.predicted_success, correct, ability.attempts, items[i].attempts);
                 ability.value += ability_step;
@@ -116,6 +117,7 @@ pub fn run(
         .filter(|(_, e)| e.attempts >= ITEM_MIN_ATTEMPTS)
         .map(|(item, e)| (item.difficulty, e.value))
         .collect();
+    let skills = &skills;
     let estimated: Vec<(f64, f64)> = population
         .learners
         .iter()
@@ -123,7 +125,7 @@ pub fn run(
         .flat_map(|(learner, estimates)| {
             (0..learner.ability.len()).filter_map(move |k| {
                 estimates
-                    .get(&skill_name(k))
+                    .get(&skills[k])
                     .filter(|e| e.attempts >= ABILITY_MIN_ATTEMPTS)
                     .map(|e| (learner.ability[k], e.value))
             })

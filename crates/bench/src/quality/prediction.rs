@@ -104,9 +104,8 @@ fn simulate(learner: &Learner, population: &Population, days: i64, new_per_day: 
                     let Ok(scheduled) = scheduler.review(Some(card), rating, now, 0.9, fuzz) else { break };
                     let Ok(true_next) = learner.memory.review(Some(truth), rating, now, 0.9, None) else { break };
                     cards[k] = (item, scheduled.card, scheduled.due_ms, true_next.card);
-                    if let Some((_, h)) = histories.iter_mut().find(|(i, _)| *i == item) {
-                        h.push(Review { at_ms: now, rating });
-                    }
+                    // Cards and histories are pushed together: the same index.
+                    histories[k].1.push(Review { at_ms: now, rating });
                 }
                 None => {
                     let Ok(scheduled) = scheduler.review(None, rating, now, 0.9, fuzz) else { break };

@@ -82,22 +82,25 @@ pub fn next_items(
     let fresh: Vec<&CandidateState> = candidates.iter().filter(|c| !asked.contains(c.item_id.as_str())).collect();
 
     let precise = answered >= policy.min_items && estimate.standard_error <= policy.target_standard_error;
-    let status = if precise {
-        format!(
+    let end = if precise {
+        Some(format!(
             "finished: standard error {:.2} at or below {:.2}",
             estimate.standard_error, policy.target_standard_error
-        )
+        ))
     } else if answered >= policy.max_items {
-        format!("finished: {answered} items, the most a test asks")
+        Some(format!("finished: {answered} items, the most a test asks"))
     } else if fresh.is_empty() {
-        format!("finished: no unasked items left after {answered}")
+        Some(format!("finished: no unasked items left after {answered}"))
     } else {
+        None
+    };
+    let finished = end.is_some();
+    let status = end.unwrap_or_else(|| {
         format!(
             "in progress: standard error {:.2}, stopping at {:.2} (at least {} and at most {} items)",
             estimate.standard_error, policy.target_standard_error, policy.min_items, policy.max_items
         )
-    };
-    let finished = status.starts_with("finished");
+    });
     let state = TestState { estimate, answered, finished, status };
     if finished {
         return (state, Vec::new());
