@@ -12,7 +12,7 @@ use fsrs::MemoryState;
 use tonic::{Request, Response, Status};
 
 use crate::error::ScoringError;
-use crate::model::ability::{self, Estimate, TestResponse};
+use crate::model::ability::{self, TestResponse};
 use crate::model::memory::{Card, MemoryModel, Phase, fuzz_unit};
 use crate::model::mock_test::{self, Answer, MockTestPolicy};
 use crate::model::ranking::{self, CandidateState, Ranked, RankingPolicy, Seen, Situation};
@@ -80,14 +80,6 @@ fn phase(memory: &MemoryProto) -> Phase {
     }
 }
 
-/// The learner's ability on an item: the mean over its skills (0 for unseen skills).
-fn ability(abilities: &HashMap<String, Estimate>, skills: &[String]) -> f64 {
-    if skills.is_empty() {
-        return 0.0;
-    }
-    skills.iter().map(|s| abilities.get(s).map_or(0.0, |e| e.value)).sum::<f64>() / skills.len() as f64
-}
-
 fn scored(r: Ranked) -> ScoredItem {
     ScoredItem {
         item_id: r.item_id,
@@ -149,7 +141,7 @@ impl ScoringService for ScoringApi {
                 item_id: c.item_id.clone(),
                 skill_ids: c.skill_ids.clone(),
                 seen,
-                ability: ability(&abilities, &c.skill_ids),
+                ability: ability::item_ability(&abilities, &c.skill_ids),
                 difficulty: difficulty(&c.item_id, c.initial_difficulty),
                 guess: ability::guess(c.choice_count),
                 blocked_by,
@@ -179,7 +171,7 @@ impl ScoringService for ScoringApi {
                 .collect();
             skills.sort();
             skills.dedup();
-            let prior = ability(&abilities, &skills);
+            let prior = ability::item_ability(&abilities, &skills);
             let (state, ranked) =
                 mock_test::next_items(&self.mock_test, &answers, &states, request.count as usize, prior);
             return Ok(Response::new(ScoreCandidatesResponse {
@@ -245,7 +237,7 @@ impl ScoringService for ScoringApi {
         let calibration =
             self.store.calibration(std::slice::from_ref(&request.item_id)).await.map_err(ScoringError::from)?;
         let item = calibration.get(&request.item_id).copied();
-        let theta = ability(&abilities, &request.skill_ids);
+        let theta = ability::item_ability(&abilities, &request.skill_ids);
         let difficulty = item.map_or(request.initial_difficulty, |e| e.value);
         let guess = ability::guess(request.choice_count);
         let state = CandidateState {
@@ -282,7 +274,10 @@ impl ScoringService for ScoringApi {
             let deltas = request
                 .skill_ids
                 .iter()
-                .map(|s| (s.clone(), steps(abilities.get(s).map_or(0, |e| e.attempts)).0))
+                .map(|s| {
+                    let current = ability::skill_ability(&abilities, s);
+                    (s.clone(), current.value, steps(current.attempts).0)
+                })
                 .collect();
             // A mock test measures against the calibration as it stands: moving an item's
             // difficulty by the answer it is measuring would pull the estimate towards the middle.
@@ -307,8 +302,8 @@ impl ScoringService for ScoringApi {
             predicted_recall: recall_before,
             predicted_success: success_before,
             ability: first_skill.map_or(theta, |s| {
-                abilities.get(s).map_or(0.0, |e| e.value)
-                    + ability_deltas.iter().find(|(k, _)| k == s).map_or(0.0, |(_, d)| *d)
+                ability::skill_ability(&abilities, s).value
+                    + ability_deltas.iter().find(|(k, _, _)| k == s).map_or(0.0, |(_, _, d)| *d)
             }),
             item_difficulty: difficulty + difficulty_delta.map_or(0.0, |(_, d)| d),
             duplicate: false,

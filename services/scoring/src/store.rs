@@ -26,9 +26,10 @@ pub struct AttemptEffects {
     pub learner_id: String,
     pub item_id: String,
     pub response: ApplyAttemptResponse,
-    /// Ability change per skill (first attempts only), added to the stored value so concurrent
-    /// attempts of one learner cannot overwrite each other.
-    pub ability_deltas: Vec<(String, f64)>,
+    /// (skill, ability to start from when unattempted, change) per skill (first attempts only);
+    /// the change is added to the stored value so concurrent attempts of one learner cannot
+    /// overwrite each other.
+    pub ability_deltas: Vec<(String, f64, f64)>,
     /// (difficulty to start from when uncalibrated, change) for the item (first attempts only).
     pub difficulty_delta: Option<(f64, f64)>,
     /// First attempts at new items in practice move the learner's target correction.
@@ -133,16 +134,17 @@ impl ScoringStore {
             tx.rollback().await?;
             return Ok(false);
         }
-        for (skill_id, delta) in &effects.ability_deltas {
+        for (skill_id, start, delta) in &effects.ability_deltas {
             sqlx::query(
                 "INSERT INTO learner_skills AS s (learner_id, skill_id, ability, attempt_count, update_time)
-                 VALUES ($1, $2, $3, 1, $4)
+                 VALUES ($1, $2, $3, 1, $5)
                  ON CONFLICT (learner_id, skill_id) DO UPDATE SET
-                    ability = s.ability + excluded.ability, attempt_count = s.attempt_count + 1,
+                    ability = s.ability + $4, attempt_count = s.attempt_count + 1,
                     update_time = excluded.update_time",
             )
             .bind(&effects.learner_id)
             .bind(skill_id)
+            .bind(start + delta)
             .bind(*delta)
             .bind(now)
             .execute(&mut *tx)

@@ -12,7 +12,7 @@ fn effects(attempt: &str, learner: &str, item: &str, ability: f64, difficulty: O
         learner_id: learner.into(),
         item_id: item.into(),
         response: ApplyAttemptResponse { predicted_success: 0.5, ability, ..ApplyAttemptResponse::default() },
-        ability_deltas: vec![("s1".into(), ability)],
+        ability_deltas: vec![("s1".into(), 0.0, ability)],
         difficulty_delta: difficulty,
         practice: None,
     }
@@ -35,6 +35,16 @@ async fn an_attempt_is_applied_once_and_its_answer_kept() {
         assert_eq!(calibration.len(), 1);
         assert!((calibration["i1"].value - 0.6).abs() < 1e-12, "initial 1.0 plus delta -0.4");
         assert_eq!(store.attempt_count("l1").await.unwrap(), 1);
+
+        // A skill starts where the attempt says; later attempts only add their change.
+        for (n, start) in [(1, 1.0), (2, 7.0)] {
+            let first = AttemptEffects {
+                ability_deltas: vec![("s2".into(), start, 0.25)],
+                ..effects(&format!("b{n}"), "l1", "i2", 0.0, None)
+            };
+            assert!(store.apply(&first).await.unwrap());
+        }
+        assert_eq!(store.abilities("l1").await.unwrap()["s2"], Estimate { value: 1.5, attempts: 2 });
     })
     .await;
 }

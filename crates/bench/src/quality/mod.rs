@@ -2,11 +2,13 @@
 //! Seeded and single-threaded, so a run is reproducible; writes `quality.md` and
 //! `quality-calibration.svg` to the output directory.
 
+pub mod efficiency;
 pub mod metrics;
 pub mod population;
 pub mod practice;
 pub mod prediction;
 mod report;
+pub mod sm2;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -35,14 +37,33 @@ pub struct QualityArgs {
     #[arg(long, default_value_t = 400)]
     pub practice_learners: usize,
     /// New items each practice learner meets.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = 240)]
     pub practice_items: usize,
+    /// Learners in the scheduling-efficiency experiment.
+    #[arg(long, default_value_t = 100)]
+    pub efficiency_learners: usize,
+    /// Days they study.
+    #[arg(long, default_value_t = 120)]
+    pub efficiency_days: i64,
+    /// Minutes they study each day.
+    #[arg(long, default_value_t = 10)]
+    pub study_minutes: i64,
 }
 
 /// Sizes small enough for a test; the numbers mean little.
 impl QualityArgs {
     pub fn tiny(out: PathBuf) -> Self {
-        Self { out, seed: 1, learners: 3, days: 40, practice_learners: 20, practice_items: 20 }
+        Self {
+            out,
+            seed: 1,
+            learners: 3,
+            days: 40,
+            practice_learners: 20,
+            practice_items: 20,
+            efficiency_learners: 3,
+            efficiency_days: 35,
+            study_minutes: 5,
+        }
     }
 }
 
@@ -55,6 +76,8 @@ pub struct QualityReport {
     pub practice: practice::PracticeResult,
     pub practice_fixed: practice::PracticeResult,
     pub practice_seconds: f64,
+    pub efficiency: efficiency::EfficiencyResult,
+    pub efficiency_seconds: f64,
 }
 
 pub fn run(args: &QualityArgs) -> anyhow::Result<QualityReport> {
@@ -68,7 +91,7 @@ pub fn run(args: &QualityArgs) -> anyhow::Result<QualityReport> {
 
     let started = Instant::now();
     tracing::info!(learners = args.practice_learners, items = args.practice_items, "adaptive practice");
-    let spec = Spec { learners: args.practice_learners, ..spec };
+    let spec = Spec { learners: args.practice_learners, items_per_skill: 100, ..spec };
     let population = Population::generate(spec, &mut StdRng::seed_from_u64(args.seed + 1))?;
     let rounds = 10;
     let per_round = args.practice_items.div_ceil(rounds);
@@ -78,6 +101,13 @@ pub fn run(args: &QualityArgs) -> anyhow::Result<QualityReport> {
     let practice_fixed = practice::run(&population, &fixed, rounds, per_round, args.seed);
     let practice_seconds = started.elapsed().as_secs_f64();
 
+    let started = Instant::now();
+    tracing::info!(learners = args.efficiency_learners, days = args.efficiency_days, "scheduling efficiency");
+    let spec = Spec { learners: args.efficiency_learners, skills: 10, items_per_skill: 100 };
+    let population = Population::generate(spec, &mut StdRng::seed_from_u64(args.seed + 2))?;
+    let efficiency = efficiency::run(&population, args.efficiency_days, args.study_minutes, args.seed)?;
+    let efficiency_seconds = started.elapsed().as_secs_f64();
+
     let report = QualityReport {
         args: args.clone(),
         prediction,
@@ -85,6 +115,8 @@ pub fn run(args: &QualityArgs) -> anyhow::Result<QualityReport> {
         practice,
         practice_fixed,
         practice_seconds,
+        efficiency,
+        efficiency_seconds,
     };
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(args.out.join("quality.md"), report::markdown(&report))?;

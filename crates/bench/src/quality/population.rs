@@ -106,11 +106,16 @@ impl Learner {
         success_probability(self.ability[item.skill], item.difficulty, item.guess())
     }
 
-    /// The true probability of a correct answer `at_ms`, given the true memory of the item.
-    pub fn review_success(&self, item: &Item, truth: &Card, at_ms: i64) -> f64 {
+    /// The true probability of recalling the item `at_ms`, given the true memory of it.
+    pub fn recall(&self, item: &Item, truth: &Card, at_ms: i64) -> f64 {
         let factor = (0.25 * (self.ability[item.skill] - item.difficulty)).exp().clamp(0.5, 2.0);
         let memory = MemoryState { stability: truth.memory.stability * factor as f32, ..truth.memory };
-        let recall = self.memory.retrievability(memory, at_ms - truth.last_review_ms);
+        self.memory.retrievability(memory, at_ms - truth.last_review_ms)
+    }
+
+    /// The true probability of a correct answer `at_ms`: recalled, or guessed.
+    pub fn review_success(&self, item: &Item, truth: &Card, at_ms: i64) -> f64 {
+        let recall = self.recall(item, truth, at_ms);
         recall + (1.0 - recall) * item.guess()
     }
 }

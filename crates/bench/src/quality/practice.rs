@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use alp_proto::common::v1::{Mode, Rating};
-use alp_scoring::model::ability::{Estimate, first_attempt_steps};
+use alp_scoring::model::ability::{Estimate, first_attempt_steps, skill_ability};
 use alp_scoring::model::memory::MemoryModel;
 use alp_scoring::model::ranking::{self, CandidateState, RankingPolicy, Situation};
 use rand::SeedableRng;
@@ -18,7 +18,7 @@ use super::population::{Population, answer, skill_name};
 /// Item estimates used for the difficulty recovery need at least this many first attempts...
 pub const ITEM_MIN_ATTEMPTS: i64 = 30;
 /// ...and (learner, skill) ability estimates this many.
-pub const ABILITY_MIN_ATTEMPTS: i64 = 15;
+pub const ABILITY_MIN_ATTEMPTS: i64 = 30;
 
 #[derive(Debug, Clone)]
 pub struct PracticeResult {
@@ -70,7 +70,7 @@ pub fn run(
                         let skill = &skills[item.skill];
                         CandidateState {
                             item_id: i.to_string(),
-                            ability: abilities[l].get(skill).map_or(0.0, |e| e.value),
+                            ability: skill_ability(&abilities[l], skill).value,
                             difficulty: items[i].value,
                             guess: item.guess(),
                             blocked_by: unmet.get(skill).cloned().unwrap_or_default(),
@@ -90,8 +90,8 @@ pub fn run(
                 let Ok(i) = pick.item_id.parse::<usize>() else { break };
                 let item = &population.items[i];
                 let correct = answer(learner.first_success(item), &mut rng) != Rating::Again;
-                let ability =
-                    abilities[l].entry(skills[item.skill].clone()).or_insert(Estimate { value: 0.0, attempts: 0 });
+                let start = skill_ability(&abilities[l], &skills[item.skill]);
+                let ability = abilities[l].entry(skills[item.skill].clone()).or_insert(start);
                 let (ability_step, difficulty_step) =
                     first_attempt_steps(pick.predicted_success, correct, ability.attempts, items[i].attempts);
                 ability.value += ability_step;

@@ -20,6 +20,7 @@ use rand::{Rng, SeedableRng};
 
 use super::metrics::{self, Bin};
 use super::population::{Learner, Population, answer};
+use super::sm2::Sm2;
 
 pub const MODELS: [&str; 4] = ["constant average", "SM-2", "FSRS-6 default", "ALP"];
 
@@ -124,33 +125,16 @@ fn simulate(learner: &Learner, population: &Population, days: i64, new_per_day: 
 
 /// SM-2 replayed over a history: calls `score(prediction, recalled, at_ms)` at scored reviews.
 fn sm2_replay(history: &[Review], mut score: impl FnMut(f64, bool, i64)) {
-    let (mut repetitions, mut ease, mut interval) = (0u32, 2.5f64, 0.0f64);
+    let mut card = Sm2::default();
     let mut last: Option<i64> = None;
     for review in history {
         if let Some(at) = last
             && review.at_ms - at >= DAY_MS
         {
             let elapsed = (review.at_ms - at) as f64 / DAY_MS as f64;
-            score(0.9f64.powf(elapsed / interval.max(1.0)), review.rating != Rating::Again, review.at_ms);
+            score(0.9f64.powf(elapsed / card.interval_days().max(1.0)), review.rating != Rating::Again, review.at_ms);
         }
-        let quality = match review.rating {
-            Rating::Again | Rating::Unspecified => 1.0,
-            Rating::Hard => 3.0,
-            Rating::Good => 4.0,
-            Rating::Easy => 5.0,
-        };
-        if quality < 3.0 {
-            repetitions = 0;
-            interval = 1.0;
-        } else {
-            interval = match repetitions {
-                0 => 1.0,
-                1 => 6.0,
-                _ => (interval * ease).round(),
-            };
-            repetitions += 1;
-        }
-        ease = (ease + 0.1 - (5.0 - quality) * (0.08 + (5.0 - quality) * 0.02)).max(1.3);
+        card.review(review.rating);
         last = Some(review.at_ms);
     }
 }

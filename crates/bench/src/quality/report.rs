@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use super::QualityReport;
+use super::efficiency::{CORRECT_SECONDS, FIRST_SIGHT_SECONDS, REFIT_DAYS, Scheduler, WRONG_SECONDS};
 use super::practice::{ABILITY_MIN_ATTEMPTS, ITEM_MIN_ATTEMPTS};
 use super::prediction::PredictionResult;
 
@@ -105,8 +106,76 @@ pub fn markdown(r: &QualityReport) -> String {
         mark(c.difficulty_rho >= 0.95),
         mark(c.ability_rho >= 0.90)
     );
-    let _ = writeln!(md, "## Scheduling efficiency\n\nNot measured yet.");
+    efficiency(&mut md, r);
     md
+}
+
+fn efficiency(md: &mut String, r: &QualityReport) {
+    let e = &r.efficiency;
+    let _ = writeln!(md, "## Scheduling efficiency\n");
+    let _ = writeln!(
+        md,
+        "{} learners, {} items (10 skills × 100), {} days of {} minutes a day for every scheduler, the same learners, \
+         item order and answer draws. A first sight costs {} s, a correct answer {} s, a wrong one {} s. \
+         Remembered: the sum of the true recall probabilities of the items met, the morning after the last day. \
+         ALP refits each learner's parameters every {} days. {:.1} s for all four runs.\n",
+        e.learners,
+        e.items,
+        e.days,
+        e.minutes,
+        FIRST_SIGHT_SECONDS,
+        CORRECT_SECONDS,
+        WRONG_SECONDS,
+        REFIT_DAYS,
+        r.efficiency_seconds
+    );
+    let _ = writeln!(
+        md,
+        "| scheduler | remembered per learner | study hours | remembered per hour | items met | review success | answers |\n\
+         |---|---:|---:|---:|---:|---:|---:|"
+    );
+    for o in &e.outcomes {
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {:.2} | {:.2} | {:.1} | {:.3} | {} |",
+            o.scheduler.name(),
+            o.remembered,
+            o.hours,
+            o.per_hour(),
+            o.items_met,
+            o.review_success,
+            o.answers
+        );
+    }
+    if let (Some(alp), Some(fsrs), Some(sm2)) =
+        (e.outcome(Scheduler::Alp), e.outcome(Scheduler::Fsrs), e.outcome(Scheduler::Sm2))
+    {
+        let _ = writeln!(
+            md,
+            "\nALP remembers {:.3}× as much per hour as FSRS-6 at 0.90 (at least as much: {}) and {:.3}× as much as \
+             SM-2 (more: {}). {} of {} learners were studying with their own fitted parameters at the end.",
+            alp.per_hour() / fsrs.per_hour(),
+            mark(alp.per_hour() >= fsrs.per_hour()),
+            alp.per_hour() / sm2.per_hour(),
+            mark(alp.per_hour() > sm2.per_hour()),
+            alp.learners_fitted,
+            e.learners
+        );
+        if let Some(default) = e.outcome(Scheduler::AlpDefault) {
+            let _ = writeln!(
+                md,
+                "\nWhere the difference comes from. SM-2's intervals are longer than FSRS's at 0.90 (its review \
+                 success is lower), which within a fixed time buys more new items; FSRS at 0.90 spends more of the \
+                 time keeping recall high. ALP with the default parameters schedules reviews at the same 0.90 as \
+                 FSRS ({:.3}× its rate per hour) but picks new items by predicted success, so fewer first sights \
+                 fail: a failure costs time and starts the item with a low stability. In this simulation items \
+                 that are easy for a learner are also remembered longer, which favours that choice. Each \
+                 learner's own parameters add {:.3}× on top.",
+                default.per_hour() / fsrs.per_hour(),
+                alp.per_hour() / default.per_hour()
+            );
+        }
+    }
 }
 
 /// The CPU model and core count, as far as the system says.

@@ -1,6 +1,8 @@
 //! Elo/Rasch: learner ability per skill, item difficulty, current knowledge of a seen item, and
 //! the ability estimate of an adaptive test. All on one logit scale.
 
+use std::collections::HashMap;
+
 /// Steps of the current-knowledge estimate: big after a correct answer, small after a wrong one
 /// (an attempt teaches something even when it fails).
 pub const KNOWLEDGE_STEP_CORRECT: f64 = 3.4;
@@ -30,6 +32,30 @@ pub fn guess(choice_count: u32) -> f64 {
 /// Rasch with a guessing floor: P = g + (1 − g)·σ(θ − b).
 pub fn success_probability(ability: f64, difficulty: f64, guess: f64) -> f64 {
     guess + (1.0 - guess) * sigmoid(ability - difficulty)
+}
+
+/// Where a learner starts on a skill they have not attempted: the mean of their other skills,
+/// weighted by attempts (0 before any). Abilities on the skills of one learner go together, so
+/// this starts a new skill near the truth instead of at the population mean.
+pub fn starting_ability(abilities: &HashMap<String, Estimate>) -> f64 {
+    let (sum, weight) = abilities
+        .values()
+        .fold((0.0, 0.0), |(sum, weight), e| (sum + e.value * e.attempts as f64, weight + e.attempts as f64));
+    if weight > 0.0 { sum / weight } else { 0.0 }
+}
+
+/// A learner's estimate on one skill, starting where `starting_ability` says when unattempted.
+pub fn skill_ability(abilities: &HashMap<String, Estimate>, skill: &str) -> Estimate {
+    abilities.get(skill).copied().unwrap_or(Estimate { value: starting_ability(abilities), attempts: 0 })
+}
+
+/// A learner's ability on an item: the mean over the item's skills (the starting ability for
+/// an item without skills).
+pub fn item_ability(abilities: &HashMap<String, Estimate>, skills: &[String]) -> f64 {
+    if skills.is_empty() {
+        return starting_ability(abilities);
+    }
+    skills.iter().map(|s| skill_ability(abilities, s).value).sum::<f64>() / skills.len() as f64
 }
 
 /// Uncertainty-damped step of a first attempt after n earlier ones: K(n) = 0.8 / (1 + 0.05·n).
@@ -112,6 +138,24 @@ pub fn estimate_ability(responses: &[TestResponse], prior_mean: f64, prior_sd: f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_skill_starts_at_the_learners_other_skills() {
+        let none = HashMap::new();
+        assert_eq!(starting_ability(&none), 0.0);
+        assert_eq!(item_ability(&none, &["a".to_owned()]), 0.0);
+        let abilities: HashMap<String, Estimate> = [
+            ("a".to_owned(), Estimate { value: 1.0, attempts: 30 }),
+            ("b".to_owned(), Estimate { value: 2.0, attempts: 10 }),
+        ]
+        .into_iter()
+        .collect();
+        assert!((starting_ability(&abilities) - 1.25).abs() < 1e-12, "weighted by attempts");
+        assert_eq!(skill_ability(&abilities, "b"), Estimate { value: 2.0, attempts: 10 });
+        assert_eq!(skill_ability(&abilities, "c"), Estimate { value: 1.25, attempts: 0 });
+        let both = item_ability(&abilities, &["b".to_owned(), "c".to_owned()]);
+        assert!((both - 1.625).abs() < 1e-12);
+    }
 
     #[test]
     fn success_probability_respects_the_guessing_floor() {

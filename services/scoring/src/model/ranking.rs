@@ -6,10 +6,13 @@
 //! - due reviews: `review_weight` + urgency in [0, 1] (items in learning steps count as most
 //!   urgent; otherwise the lower the recall, the more urgent);
 //! - new items: `new_weight` · (1 − |predicted success − target|);
-//! - early reviews: `early_review_weight` · (1 − recall);
-//! - minus `recency_penalty` for items answered within `recency_window_ms`, `same_skill_penalty`
-//!   for sharing a skill with the item just before, and a gate penalty that puts new items with an
-//!   unmastered prerequisite after everything else.
+//! - new items with an unmastered prerequisite: the same, minus a gate penalty of 10, so they
+//!   come after the other new items;
+//! - early reviews: `early_review_weight` · (1 − recall) − 20, after every new item: the gate
+//!   orders the course but never stops it, or a learner who cannot master a prerequisite would
+//!   be kept on early reviews for good;
+//! - minus `recency_penalty` for items answered within `recency_window_ms` and
+//!   `same_skill_penalty` for sharing a skill with the item just before.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -20,8 +23,10 @@ use fsrs::MemoryState;
 use super::ability::{Estimate, success_probability};
 use super::memory::{MemoryModel, Phase};
 
-/// Below every other band, so gated items are offered only when nothing else is left.
+/// Gated new items go below the other new items and due reviews...
 const GATE_PENALTY: f64 = 10.0;
+/// ...and early reviews below every new item.
+const EARLY_REVIEW_OFFSET: f64 = 2.0 * GATE_PENALTY;
 /// Answers further apart than this are not "back to back".
 const SESSION_GAP_MS: i64 = 30 * 60 * 1000;
 
@@ -287,7 +292,7 @@ fn place<'a>(
             } else if mode == Mode::Review {
                 return None;
             } else {
-                (Reason::EarlyReview, policy.early_review_weight * (1.0 - recall))
+                (Reason::EarlyReview, policy.early_review_weight * (1.0 - recall) - EARLY_REVIEW_OFFSET)
             }
         }
     };
@@ -513,7 +518,7 @@ mod tests {
     }
 
     #[test]
-    fn new_items_behind_an_unmastered_prerequisite_come_last() {
+    fn new_items_behind_an_unmastered_prerequisite_come_after_open_ones_but_before_early_reviews() {
         let policy = RankingPolicy::default();
         let graph: HashMap<String, Vec<String>> =
             [("fractions".to_owned(), vec!["division".to_owned()]), ("division".to_owned(), Vec::new())]
@@ -536,8 +541,14 @@ mod tests {
         gated.blocked_by = vec!["division".to_owned()];
         let mut open = new_item("div", "division");
         open.difficulty = 2.0;
-        let ranked = run(&[gated, open], Mode::Practice, 2, 0);
-        assert_eq!(ranked[0].item_id, "div");
+        let now = 100 * DAY_MS;
+        let early = reviewed("early", "division", now - DAY_MS, now + 4 * DAY_MS);
+        let ranked = run(&[early, gated, open], Mode::Practice, 3, now);
+        assert_eq!(
+            order(&ranked),
+            vec![("div", Reason::New), ("frac", Reason::New), ("early", Reason::EarlyReview)],
+            "a learner stuck on a prerequisite still moves on rather than only reviewing early"
+        );
         assert!(ranked[1].explanation.contains("prerequisite division not mastered"), "{}", ranked[1].explanation);
     }
 
