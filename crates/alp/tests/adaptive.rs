@@ -1,21 +1,25 @@
 //! Simulated learners of known ability practise and sit mock tests through the running suite,
 //! over gRPC: the engine must pick items near the target, tell the strong from the weak, and
-//! end each mock test with an estimate that contains the truth.
+//! end each mock test with an estimate that contains the truth; a learner with a long history
+//! gets FSRS parameters of their own.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use alp_proto::common::v1::{Mode, Reason};
+use std::time::Duration;
+
+use alp_proto::common::v1::{MemoryState, Mode, Rating, Reason};
 use alp_proto::content::v1::content_service_client::ContentServiceClient;
 use alp_proto::content::v1::*;
 use alp_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
 use alp_proto::scheduler::v1::submit_attempt_request::Outcome;
 use alp_proto::scheduler::v1::*;
-use alp_proto::scoring::v1::GetLearnerModelRequest;
 use alp_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
+use alp_proto::scoring::v1::{FitLearnerParametersRequest, GetLearnerModelRequest, PredictRecallRequest, RecallQuery};
 use alp_proto::user::v1::user_service_client::UserServiceClient;
 use alp_proto::user::v1::*;
+use alp_scoring::model::memory::{Card, DAY_MS, MINUTE_MS, MemoryModel};
 use common::channel;
 use tonic::transport::Channel;
 
@@ -180,5 +184,148 @@ async fn simulated_learners_practise_and_are_measured_over_grpc() {
         let error = (estimate.ability - learner.ability).abs();
         assert!(error <= 2.5 * estimate.standard_error, "{}: {estimate:?} for a true {}", learner.id, learner.ability);
     }
+    running.shutdown().await;
+}
+
+/// Days of a simulated learner's history through the scheduler, with answers dated in the past
+/// (as an offline client sends them): due items first, then up to `new_per_day` new ones. The
+/// learner remembers by FSRS-6 with their own parameters `truth`.
+async fn study_history(
+    scheduler: &mut SchedulerServiceClient<Channel>,
+    learner: &mut Simulated,
+    truth: &MemoryModel,
+    days: i64,
+    new_per_day: usize,
+) -> usize {
+    let start = alp_runtime::time::now_millis() - (days + 1) * DAY_MS;
+    // Per item: (the scheduler's due time, the learner's true memory).
+    let mut studied: Vec<(String, i64, Card)> = Vec::new();
+    let mut attempts = 0;
+    for day in 0..days {
+        let mut now = start + day * DAY_MS;
+        let mut new_today = 0;
+        loop {
+            let due = studied.iter().enumerate().filter(|(_, s)| s.1 <= now).min_by_key(|(_, s)| s.1).map(|(k, _)| k);
+            let (item_id, prior) = match due {
+                Some(k) => (studied[k].0.clone(), Some(studied[k].2)),
+                None if new_today < new_per_day && studied.len() < ITEMS => (format!("rung-{}", studied.len()), None),
+                None => match studied.iter().map(|s| s.1).filter(|d| *d < now + 30 * MINUTE_MS).min() {
+                    Some(next) => {
+                        now = next;
+                        continue;
+                    }
+                    None => break,
+                },
+            };
+            let correct = match &prior {
+                Some(card) => learner.uniform() < truth.retrievability(card.memory, now - card.last_review_ms),
+                None => learner.answers(&item_id),
+            };
+            let rating = if correct { Rating::Good } else { Rating::Again };
+            let request = SubmitAttemptRequest {
+                attempt_id: format!("{}-{attempts}", learner.id),
+                learner_id: learner.id.clone(),
+                item_id: item_id.clone(),
+                outcome: Some(Outcome::Correct(correct)),
+                answer_time: Some(alp_runtime::time::timestamp(now)),
+                ..Default::default()
+            };
+            let attempt = scheduler.submit_attempt(request).await.unwrap().into_inner().attempt.unwrap();
+            let due_ms = alp_runtime::time::millis("due_time", &attempt.due_time.unwrap()).unwrap();
+            let card = truth.review(prior.as_ref(), rating, now, 0.9, None).unwrap().card;
+            match due {
+                Some(k) => studied[k] = (item_id, due_ms, card),
+                None => {
+                    studied.push((item_id, due_ms, card));
+                    new_today += 1;
+                }
+            }
+            attempts += 1;
+            now += 20_000;
+        }
+    }
+    attempts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_with_a_long_history_gets_memory_parameters_of_their_own() {
+    let running = common::start_sqlite().await;
+    let a = running.addresses;
+    course(&mut ContentServiceClient::new(channel(a.content))).await;
+    let mut suite = Suite {
+        scheduler: SchedulerServiceClient::new(channel(a.scheduler)),
+        scoring: ScoringServiceClient::new(channel(a.scoring)),
+        user: UserServiceClient::new(channel(a.user)),
+    };
+    // Forgets much faster than the defaults assume: a third of the initial stability, and
+    // stability grows less with each review.
+    let mut w = fsrs::DEFAULT_PARAMETERS.to_vec();
+    for s in &mut w[..4] {
+        *s *= 0.3;
+    }
+    w[8] *= 0.6;
+    let truth = MemoryModel::with_parameters(&w).unwrap();
+    let mut learner = Simulated::new("veteran", 3.0, 21);
+    suite.enrol(&learner).await;
+    suite.enrol(&Simulated::new("novice", 0.0, 22)).await;
+
+    let model = |id: &str| GetLearnerModelRequest { learner_id: id.into() };
+    let before = suite.scoring.get_learner_model(model("veteran")).await.unwrap().into_inner().model.unwrap();
+    assert!(!before.parameters_fitted && before.last_fit.is_none());
+    assert_eq!(before.fsrs_parameters.len(), 21);
+
+    let attempts = study_history(&mut suite.scheduler, &mut learner, &truth, 150, 4).await;
+    assert!(attempts > 500, "{attempts} attempts");
+
+    // Past 400 reviews scoring fitted in the background by itself.
+    let background = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let m = suite.scoring.get_learner_model(model("veteran")).await.unwrap().into_inner().model.unwrap();
+            if let Some(fit) = m.last_fit {
+                return fit;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("a background fit");
+    assert!(background.reviews >= 400, "{background:?}");
+
+    let fit = suite
+        .scoring
+        .fit_learner_parameters(FitLearnerParametersRequest { learner_id: "veteran".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .fit
+        .unwrap();
+    assert!(fit.kept, "{fit:?}");
+    assert!(fit.fitted_log_loss < fit.default_log_loss && fit.holdout_reviews > 50, "{fit:?}");
+    let after = suite.scoring.get_learner_model(model("veteran")).await.unwrap().into_inner().model.unwrap();
+    assert!(after.parameters_fitted);
+    assert_eq!(after.fsrs_parameters, fit.parameters);
+    assert_eq!(after.last_fit.unwrap().reviews, fit.reviews);
+
+    // The learner's own parameters now predict their recall; another learner keeps the defaults.
+    let query = |learner: &str| PredictRecallRequest {
+        learner_id: learner.into(),
+        queries: vec![RecallQuery {
+            item_id: "rung-1".into(),
+            memory: Some(MemoryState { stability: 2.0, difficulty: 5.0, ..Default::default() }),
+            last_review_time: Some(alp_runtime::time::timestamp(0)),
+        }],
+        at: Some(alp_runtime::time::timestamp(10 * DAY_MS)),
+    };
+    let recall = |r: alp_proto::scoring::v1::PredictRecallResponse| r.predictions[0].recall;
+    let own = recall(suite.scoring.predict_recall(query("veteran")).await.unwrap().into_inner());
+    let default = recall(suite.scoring.predict_recall(query("novice")).await.unwrap().into_inner());
+    assert!((own - default).abs() > 1e-3, "own {own}, default {default}");
+
+    let few = suite.scoring.fit_learner_parameters(FitLearnerParametersRequest { learner_id: "novice".into() }).await;
+    let status = few.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(status.message().contains("0 reviews"), "{}", status.message());
+    let bad = suite.scoring.fit_learner_parameters(FitLearnerParametersRequest { learner_id: String::new() }).await;
+    assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
     running.shutdown().await;
 }

@@ -358,6 +358,11 @@ async fn scoring_rpcs(c: &mut Clients) {
     assert_eq!(model.attempt_count, 1);
     assert_eq!(model.fsrs_parameters.len(), 21);
     assert_eq!(model.skills[0].skill_id, "multiplication");
+    assert!(!model.parameters_fitted && model.last_fit.is_none());
+    let early =
+        c.scoring.fit_learner_parameters(FitLearnerParametersRequest { learner_id: "grace".into() }).await.unwrap_err();
+    assert_eq!(early.code(), Code::FailedPrecondition, "{early:?}");
+    assert!(early.message().contains("at least 400"), "{}", early.message());
 
     let now = alp_runtime::time::now_millis();
     let recall = c

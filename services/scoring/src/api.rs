@@ -12,17 +12,20 @@ use fsrs::MemoryState;
 use tonic::{Request, Response, Status};
 
 use crate::error::ScoringError;
+use crate::fitter::Fitter;
 use crate::model::ability::{self, TestResponse};
 use crate::model::memory::{Card, MemoryModel, Phase, fuzz_unit};
 use crate::model::mock_test::{self, Answer, MockTestPolicy};
 use crate::model::ranking::{self, CandidateState, Ranked, RankingPolicy, Seen, Situation};
-use crate::store::{AttemptEffects, PracticeOutcome, ScoringStore};
+use crate::store::{AttemptEffects, PracticeOutcome, ScoringStore, StoredFit};
 use crate::validate;
 
 #[derive(Clone)]
 pub struct ScoringApi {
     store: ScoringStore,
-    memory: Arc<MemoryModel>,
+    /// FSRS-6 with the default parameters, for learners without a kept fit of their own.
+    default_memory: Arc<MemoryModel>,
+    fitter: Fitter,
     ranking: Arc<RankingPolicy>,
     mock_test: Arc<MockTestPolicy>,
 }
@@ -36,11 +39,28 @@ impl std::fmt::Debug for ScoringApi {
 impl ScoringApi {
     pub fn new(store: ScoringStore, policies: crate::Policies) -> Self {
         Self {
+            fitter: Fitter::new(store.clone(), policies.fitting),
             store,
-            memory: Arc::new(MemoryModel::default()),
+            default_memory: Arc::new(MemoryModel::default()),
             ranking: Arc::new(policies.ranking),
             mock_test: Arc::new(policies.mock_test),
         }
+    }
+
+    /// The learner's memory model: their own fitted parameters when kept, else the defaults.
+    async fn learner_memory(&self, learner_id: &str) -> Result<(Arc<MemoryModel>, Option<StoredFit>), ScoringError> {
+        let fit = self.store.parameter_fit(learner_id).await?;
+        let memory = match &fit {
+            Some(f) if f.kept => match MemoryModel::with_parameters(&f.parameters) {
+                Ok(model) => Arc::new(model),
+                Err(err) => {
+                    tracing::warn!(learner_id, error = %err, "stored FSRS parameters unusable; using the defaults");
+                    self.default_memory.clone()
+                }
+            },
+            _ => self.default_memory.clone(),
+        };
+        Ok((memory, fit))
     }
 
     /// The target success for the learner's next new items.
@@ -193,7 +213,8 @@ impl ScoringService for ScoringApi {
             self.ranking.target_success
         };
         let situation = Situation { now_ms: now, desired_retention: retention, target_success };
-        let items = ranking::rank(&self.ranking, &self.memory, &states, mode, request.count as usize, situation)
+        let (memory, _) = self.learner_memory(&request.learner_id).await?;
+        let items = ranking::rank(&self.ranking, &memory, &states, mode, request.count as usize, situation)
             .into_iter()
             .map(scored)
             .collect();
@@ -234,6 +255,7 @@ impl ScoringService for ScoringApi {
         }
 
         let abilities = self.store.abilities(&request.learner_id).await.map_err(ScoringError::from)?;
+        let (memory, fit) = self.learner_memory(&request.learner_id).await?;
         let calibration =
             self.store.calibration(std::slice::from_ref(&request.item_id)).await.map_err(ScoringError::from)?;
         let item = calibration.get(&request.item_id).copied();
@@ -256,10 +278,9 @@ impl ScoringService for ScoringApi {
             guess,
             blocked_by: Vec::new(),
         };
-        let (recall_before, success_before) = state.predict(&self.memory, answer_ms);
+        let (recall_before, success_before) = state.predict(&memory, answer_ms);
         let fuzz = Some(fuzz_unit(&request.attempt_id));
-        let update = self
-            .memory
+        let update = memory
             .review(prior.as_ref().map(|(card, _, _)| card), rating, answer_ms, retention, fuzz)
             .map_err(|e| ScoringError::Model(e.to_string()))?;
 
@@ -312,12 +333,15 @@ impl ScoringService for ScoringApi {
             attempt_id: request.attempt_id.clone(),
             learner_id: request.learner_id.clone(),
             item_id: request.item_id.clone(),
+            rating,
+            answer_ms,
+            review: !first,
             response,
             ability_deltas,
             difficulty_delta,
             practice,
         };
-        if !self.store.apply(&effects).await.map_err(ScoringError::from)? {
+        let Some(reviews) = self.store.apply(&effects).await.map_err(ScoringError::from)? else {
             // Another call applied the same attempt id between our check and our write.
             let applied = self
                 .store
@@ -326,7 +350,8 @@ impl ScoringService for ScoringApi {
                 .map_err(ScoringError::from)?
                 .ok_or_else(|| ScoringError::Model("applied attempt vanished".to_owned()))?;
             return replay(applied, &request);
-        }
+        };
+        self.fitter.fit_if_due(&request.learner_id, reviews, fit.as_ref().map(|f| f.reviews));
         Ok(Response::new(effects.response))
     }
 
@@ -338,14 +363,15 @@ impl ScoringService for ScoringApi {
             Some(t) => millis("at", t).map_err(ScoringError::from)?,
             None => now_millis(),
         };
+        let (memory, _) = self.learner_memory(&request.learner_id).await?;
         let mut predictions = Vec::with_capacity(request.queries.len());
         for (i, query) in request.queries.iter().enumerate() {
             validate::recall_query(i, query).map_err(ScoringError::from)?;
-            let (Some(memory), Some(last)) = (&query.memory, &query.last_review_time) else { continue };
+            let (Some(state), Some(last)) = (&query.memory, &query.last_review_time) else { continue };
             let last = millis(&format!("queries[{i}].last_review_time"), last).map_err(ScoringError::from)?;
             predictions.push(RecallPrediction {
                 item_id: query.item_id.clone(),
-                recall: self.memory.retrievability(to_fsrs(memory), at - last),
+                recall: memory.retrievability(to_fsrs(state), at - last),
             });
         }
         Ok(Response::new(PredictRecallResponse { predictions }))
@@ -362,18 +388,43 @@ impl ScoringService for ScoringApi {
         skills.sort_by(|a, b| a.skill_id.cmp(&b.skill_id));
         let attempt_count = self.store.attempt_count(&request.learner_id).await.map_err(ScoringError::from)?;
         let practice = self.store.practice_target(&request.learner_id).await.map_err(ScoringError::from)?;
+        let (memory, fit) = self.learner_memory(&request.learner_id).await?;
         Ok(Response::new(GetLearnerModelResponse {
             model: Some(LearnerModel {
                 learner_id: request.learner_id,
                 skills,
-                fsrs_parameters: self.memory.parameters().iter().map(|w| f64::from(*w)).collect(),
-                parameters_fitted: false,
+                fsrs_parameters: memory.parameters().iter().map(|w| f64::from(*w)).collect(),
+                parameters_fitted: fit.as_ref().is_some_and(|f| f.kept),
+                last_fit: fit.as_ref().map(fit_proto),
                 attempt_count,
                 practice_first_attempts: practice.map_or(0, |p| p.first_attempts),
                 rolling_success: practice.map_or(0.0, |p| p.rolling_success),
                 target_success: self.ranking.effective_target(practice.map_or(0.0, |p| p.correction)),
             }),
         }))
+    }
+
+    async fn fit_learner_parameters(
+        &self,
+        request: Request<FitLearnerParametersRequest>,
+    ) -> RpcResult<FitLearnerParametersResponse> {
+        let request = request.into_inner();
+        id("learner_id", &request.learner_id).map_err(ScoringError::from)?;
+        let fit = self.fitter.fit(&request.learner_id).await?;
+        Ok(Response::new(FitLearnerParametersResponse { fit: Some(fit_proto(&fit)) }))
+    }
+}
+
+fn fit_proto(fit: &StoredFit) -> ParameterFit {
+    ParameterFit {
+        kept: fit.kept,
+        parameters: fit.parameters.iter().map(|w| f64::from(*w)).collect(),
+        reviews: fit.reviews,
+        holdout_reviews: fit.holdout_reviews,
+        default_log_loss: fit.default_log_loss,
+        fitted_log_loss: fit.fitted_log_loss,
+        attempt_count: fit.attempt_count,
+        fit_time: Some(timestamp(fit.fit_time_ms)),
     }
 }
 

@@ -8,6 +8,10 @@ pub enum ScoringError {
     InvalidArgument(#[from] FieldViolation),
     #[error("attempt {0:?} was applied before with a different learner or item")]
     AttemptConflict(String),
+    #[error(
+        "learner {learner_id:?} has {reviews} reviews (answers after an item's first); fitting needs at least {needed}"
+    )]
+    NotEnoughReviews { learner_id: String, reviews: usize, needed: usize },
     #[error("memory model: {0}")]
     Model(String),
     #[error(transparent)]
@@ -19,6 +23,7 @@ impl ServiceError for ScoringError {
         match self {
             ScoringError::InvalidArgument(_) => ErrorKind::InvalidArgument,
             ScoringError::AttemptConflict(_) => ErrorKind::AlreadyExists,
+            ScoringError::NotEnoughReviews { .. } => ErrorKind::FailedPrecondition,
             ScoringError::Model(_) => ErrorKind::Internal,
             ScoringError::Store(err) => err.kind(),
         }

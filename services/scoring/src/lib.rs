@@ -2,6 +2,7 @@
 
 mod api;
 mod error;
+pub mod fitter;
 pub mod model;
 mod store;
 mod validate;
@@ -16,9 +17,10 @@ use tonic::service::Routes;
 
 pub use api::ScoringApi;
 pub use error::ScoringError;
+pub use fitter::FitPolicy;
 pub use model::mock_test::MockTestPolicy;
 pub use model::ranking::RankingPolicy;
-pub use store::{AppliedAttempt, AttemptEffects, Estimate, PracticeOutcome, PracticeTarget, ScoringStore};
+pub use store::{AppliedAttempt, AttemptEffects, Estimate, PracticeOutcome, PracticeTarget, ScoringStore, StoredFit};
 
 pub const SERVICE_NAME: &str = scoring_service_server::SERVICE_NAME;
 
@@ -39,6 +41,12 @@ pub const MIGRATIONS: &[MigrationStep] = &[
         postgres: include_str!("../migrations/postgres/0002_practice_targets.sql"),
         sqlite: include_str!("../migrations/sqlite/0002_practice_targets.sql"),
     },
+    MigrationStep {
+        version: 3,
+        description: "learner parameters",
+        postgres: include_str!("../migrations/postgres/0003_learner_parameters.sql"),
+        sqlite: include_str!("../migrations/sqlite/0003_learner_parameters.sql"),
+    },
 ];
 
 #[derive(Debug, Clone)]
@@ -48,17 +56,20 @@ pub struct ScoringConfig {
     pub policies: Policies,
 }
 
-/// How items are chosen: the practice ranking and the mock-test stopping rule.
+/// How items are chosen (the practice ranking, the mock-test stopping rule) and when learners'
+/// own memory parameters are fitted.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Policies {
     pub ranking: RankingPolicy,
     pub mock_test: MockTestPolicy,
+    pub fitting: FitPolicy,
 }
 
 impl Policies {
     pub fn validate(&self) -> Result<(), String> {
         self.ranking.validate()?;
-        self.mock_test.validate()
+        self.mock_test.validate()?;
+        self.fitting.validate()
     }
 }
 
@@ -102,6 +113,12 @@ pub struct PolicyArgs {
     /// Most items of a mock test.
     #[arg(long, env = "ALP_MOCK_TEST_MAX_ITEMS", default_value_t = MockTestPolicy::default().max_items)]
     pub mock_test_max_items: u32,
+    /// Fit each learner's own FSRS-6 parameters in the background as their reviews grow.
+    #[arg(long, env = "ALP_FIT_PARAMETERS", default_value_t = FitPolicy::default().enabled, action = clap::ArgAction::Set)]
+    pub fit_parameters: bool,
+    /// Reviews (answers after an item's first) before a learner's first fit; at least 400.
+    #[arg(long, env = "ALP_FIT_AFTER_REVIEWS", default_value_t = FitPolicy::default().first_after_reviews)]
+    pub fit_after_reviews: i64,
 }
 
 impl PolicyArgs {
@@ -124,7 +141,8 @@ impl PolicyArgs {
             max_items: self.mock_test_max_items,
             ..MockTestPolicy::default()
         };
-        let policies = Policies { ranking, mock_test };
+        let fitting = FitPolicy { enabled: self.fit_parameters, first_after_reviews: self.fit_after_reviews };
+        let policies = Policies { ranking, mock_test, fitting };
         policies.validate()?;
         Ok(policies)
     }

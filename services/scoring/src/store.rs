@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use alp_proto::common::v1::Rating;
 use alp_proto::scoring::v1::ApplyAttemptResponse;
 use alp_runtime::StoreError;
 use alp_runtime::db::{Database, placeholders};
@@ -10,6 +11,7 @@ use prost::Message;
 use sqlx::{AssertSqlSafe, Row};
 
 pub use crate::model::ability::Estimate;
+use crate::model::fitting::Review;
 
 /// An attempt applied before: who and what it was about, and the answer given then.
 #[derive(Debug, Clone)]
@@ -25,6 +27,11 @@ pub struct AttemptEffects {
     pub attempt_id: String,
     pub learner_id: String,
     pub item_id: String,
+    /// The answer as a review: what per-learner FSRS fitting learns from.
+    pub rating: Rating,
+    pub answer_ms: i64,
+    /// Not the learner's first answer to the item.
+    pub review: bool,
     pub response: ApplyAttemptResponse,
     /// (skill, ability to start from when unattempted, change) per skill (first attempts only);
     /// the change is added to the stored value so concurrent attempts of one learner cannot
@@ -53,6 +60,21 @@ pub struct PracticeTarget {
     pub correction: f64,
     pub rolling_success: f64,
     pub first_attempts: i64,
+}
+
+/// The latest fit of a learner's FSRS-6 parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredFit {
+    pub parameters: Vec<f32>,
+    /// In use instead of the defaults.
+    pub kept: bool,
+    pub reviews: i64,
+    pub holdout_reviews: i64,
+    pub default_log_loss: f64,
+    pub fitted_log_loss: f64,
+    /// The learner's attempts when fitted.
+    pub attempt_count: i64,
+    pub fit_time_ms: i64,
 }
 
 /// Weight of the newest outcome in the rolling success: about the last 20 count.
@@ -113,27 +135,38 @@ impl ScoringStore {
         .transpose()
     }
 
-    /// Writes an attempt's effects; false when the attempt id was applied concurrently (nothing
-    /// written then).
-    pub async fn apply(&self, effects: &AttemptEffects) -> Result<bool, StoreError> {
+    /// Writes an attempt's effects and returns the learner's review count after it; None when
+    /// the attempt id was applied concurrently (nothing written then).
+    pub async fn apply(&self, effects: &AttemptEffects) -> Result<Option<i64>, StoreError> {
         let now = now_millis();
         let mut tx = self.db.begin_write().await?;
         let inserted = sqlx::query(
-            "INSERT INTO applied_attempts (attempt_id, learner_id, item_id, response, record_time)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (attempt_id) DO NOTHING",
+            "INSERT INTO applied_attempts (attempt_id, learner_id, item_id, response, record_time, rating, answer_time)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (attempt_id) DO NOTHING",
         )
         .bind(&effects.attempt_id)
         .bind(&effects.learner_id)
         .bind(&effects.item_id)
         .bind(effects.response.encode_to_vec())
         .bind(now)
+        .bind(i64::from(effects.rating as i32))
+        .bind(effects.answer_ms)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if inserted == 0 {
             tx.rollback().await?;
-            return Ok(false);
+            return Ok(None);
         }
+        let reviews: i64 = sqlx::query_scalar(
+            "INSERT INTO learner_reviews AS r (learner_id, reviews) VALUES ($1, $2)
+             ON CONFLICT (learner_id) DO UPDATE SET reviews = r.reviews + excluded.reviews
+             RETURNING reviews",
+        )
+        .bind(&effects.learner_id)
+        .bind(i64::from(effects.review))
+        .fetch_one(&mut *tx)
+        .await?;
         for (skill_id, start, delta) in &effects.ability_deltas {
             sqlx::query(
                 "INSERT INTO learner_skills AS s (learner_id, skill_id, ability, attempt_count, update_time)
@@ -188,7 +221,7 @@ impl ScoringStore {
             .await?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(reviews))
     }
 
     /// The learner's practice target correction; None before their first practice attempt.
@@ -207,6 +240,95 @@ impl ScoringStore {
             })
         })
         .transpose()
+    }
+
+    /// The learner's answers per item, oldest first (attempts applied before ratings were kept
+    /// are left out).
+    pub async fn review_histories(&self, learner_id: &str) -> Result<Vec<Vec<Review>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT item_id, answer_time, rating FROM applied_attempts
+             WHERE learner_id = $1 AND rating IS NOT NULL AND answer_time IS NOT NULL
+             ORDER BY item_id, answer_time, attempt_id",
+        )
+        .bind(learner_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut histories: Vec<Vec<Review>> = Vec::new();
+        let mut current: Option<String> = None;
+        for r in rows {
+            let item: String = r.try_get(0)?;
+            let rating: i64 = r.try_get(2)?;
+            let rating = i32::try_from(rating)
+                .ok()
+                .and_then(|v| Rating::try_from(v).ok())
+                .ok_or_else(|| StoreError::Corrupt(format!("applied attempt rating {rating}")))?;
+            let review = Review { at_ms: r.try_get(1)?, rating };
+            match histories.last_mut() {
+                Some(history) if current.as_deref() == Some(item.as_str()) => history.push(review),
+                _ => {
+                    histories.push(vec![review]);
+                    current = Some(item);
+                }
+            }
+        }
+        Ok(histories)
+    }
+
+    pub async fn parameter_fit(&self, learner_id: &str) -> Result<Option<StoredFit>, StoreError> {
+        let row = sqlx::query(
+            "SELECT parameters, kept, reviews, holdout_reviews, default_log_loss, fitted_log_loss, attempt_count,
+                    fit_time
+             FROM learner_parameters WHERE learner_id = $1",
+        )
+        .bind(learner_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.map(|r| {
+            let text: String = r.try_get(0)?;
+            let parameters = text
+                .split(',')
+                .map(str::parse::<f32>)
+                .collect::<Result<Vec<f32>, _>>()
+                .map_err(|e| StoreError::Corrupt(format!("learner parameters: {e}")))?;
+            Ok(StoredFit {
+                parameters,
+                kept: r.try_get::<i64, _>(1)? != 0,
+                reviews: r.try_get(2)?,
+                holdout_reviews: r.try_get(3)?,
+                default_log_loss: r.try_get(4)?,
+                fitted_log_loss: r.try_get(5)?,
+                attempt_count: r.try_get(6)?,
+                fit_time_ms: r.try_get(7)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records a fit, replacing the one before.
+    pub async fn save_fit(&self, learner_id: &str, fit: &StoredFit) -> Result<(), StoreError> {
+        let parameters: Vec<String> = fit.parameters.iter().map(f32::to_string).collect();
+        sqlx::query(
+            "INSERT INTO learner_parameters (learner_id, parameters, kept, reviews, holdout_reviews, default_log_loss,
+                                             fitted_log_loss, attempt_count, fit_time)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (learner_id) DO UPDATE SET
+                parameters = excluded.parameters, kept = excluded.kept, reviews = excluded.reviews,
+                holdout_reviews = excluded.holdout_reviews, default_log_loss = excluded.default_log_loss,
+                fitted_log_loss = excluded.fitted_log_loss, attempt_count = excluded.attempt_count,
+                fit_time = excluded.fit_time",
+        )
+        .bind(learner_id)
+        .bind(parameters.join(","))
+        .bind(i64::from(fit.kept))
+        .bind(fit.reviews)
+        .bind(fit.holdout_reviews)
+        .bind(fit.default_log_loss)
+        .bind(fit.fitted_log_loss)
+        .bind(fit.attempt_count)
+        .bind(fit.fit_time_ms)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
     }
 
     pub async fn attempt_count(&self, learner_id: &str) -> Result<i64, StoreError> {

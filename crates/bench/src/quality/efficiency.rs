@@ -19,12 +19,13 @@
 //!   corrected target, the prerequisite gate, current knowledge, FSRS-6 at desired retention
 //!   0.90 with fuzz), the candidates the scheduler service would send (due items, the three
 //!   latest, 50 unseen). Run twice: with the default FSRS parameters, and with each learner's own
-//!   parameters fitted every 30 days once there are enough reviews, kept only when they beat the
-//!   defaults on the learner's latest reviews.
+//!   parameters fitted when the service would (400 reviews, then each time they grow by half),
+//!   kept only when they beat the defaults on the learner's latest reviews.
 
 use std::collections::HashMap;
 
 use alp_proto::common::v1::{Mode, Rating};
+use alp_scoring::fitter::FitPolicy;
 use alp_scoring::model::ability::{Estimate, first_attempt_steps, item_ability, knowledge_after, skill_ability};
 use alp_scoring::model::fitting::{self, Review};
 use alp_scoring::model::memory::{Card, DAY_MS, MINUTE_MS, MemoryModel, fuzz_unit};
@@ -42,7 +43,6 @@ const SESSION_START_MS: i64 = 9 * 60 * MINUTE_MS;
 const RETENTION: f64 = 0.9;
 const NEW_CANDIDATES: usize = 50;
 const RECENT_CANDIDATES: usize = 3;
-pub const REFIT_DAYS: i64 = 30;
 const DRILL_MS: i64 = 10 * MINUTE_MS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,8 +74,10 @@ pub struct SchedulerOutcome {
     pub hours: f64,
     pub items_met: f64,
     pub answers: usize,
-    /// Share of correct answers among reviews a day or more after the answer before.
+    /// Share of correct answers among reviews a day or more after the answer before...
     pub review_success: f64,
+    /// ...and among first sights.
+    pub first_success: f64,
     /// Learners studying with their own fitted parameters at the end.
     pub learners_fitted: usize,
 }
@@ -152,6 +154,9 @@ struct Desk {
     correction: f64,
     model: MemoryModel,
     fitted: bool,
+    /// Answers after an item's first, now and at the last fit.
+    reviews: i64,
+    last_fit_reviews: Option<i64>,
     rng: StdRng,
 }
 
@@ -173,6 +178,8 @@ impl Desk {
             correction: 0.0,
             model: MemoryModel::default(),
             fitted: false,
+            reviews: 0,
+            last_fit_reviews: None,
             rng,
         }
     }
@@ -194,6 +201,7 @@ impl Desk {
     /// fit predicts the latest reviews better.
     fn refit(&mut self) -> anyhow::Result<()> {
         let histories: Vec<Vec<Review>> = self.studies.iter().map(|s| s.history.clone()).collect();
+        self.last_fit_reviews = Some(self.reviews);
         match fitting::fit(&histories) {
             Ok(fit) if fit.kept() => {
                 self.model = MemoryModel::with_parameters(&fit.parameters)?;
@@ -250,16 +258,19 @@ fn simulate(
     seed: u64,
 ) -> anyhow::Result<SchedulerOutcome> {
     let bank = Bank::new(population);
+    let fit_policy = FitPolicy::default();
     let mut desks: Vec<Desk> =
         (0..population.learners.len()).map(|l| Desk::new(population.items.len(), seed, l)).collect();
     // ALP's item difficulties, shared by the cohort as in the service.
     let mut difficulties: Vec<Estimate> =
         population.items.iter().map(|i| Estimate { value: i.initial_difficulty, attempts: 0 }).collect();
     let (mut seconds, mut answers, mut reviews, mut recalled) = (0i64, 0usize, 0usize, 0usize);
+    let (mut first_sights, mut first_correct) = (0usize, 0usize);
 
     for day in 0..days {
         for (learner, desk) in population.learners.iter().zip(desks.iter_mut()) {
-            if scheduler == Scheduler::Alp && day > 0 && day % REFIT_DAYS == 0 {
+            // The service checks after every answer; once a day is close enough here.
+            if scheduler == Scheduler::Alp && fit_policy.due(desk.reviews, desk.last_fit_reviews) {
                 desk.refit()?;
             }
             let mut now = day * DAY_MS + SESSION_START_MS;
@@ -289,11 +300,16 @@ fn simulate(
                     None => learner.first_success(item),
                 };
                 let rating = answer(p, &mut desk.rng);
-                if let Some(s) = study
-                    && now - desk.studies[s].truth.last_review_ms >= DAY_MS
-                {
-                    reviews += 1;
-                    recalled += usize::from(rating != Rating::Again);
+                match study {
+                    Some(s) if now - desk.studies[s].truth.last_review_ms >= DAY_MS => {
+                        reviews += 1;
+                        recalled += usize::from(rating != Rating::Again);
+                    }
+                    Some(_) => {}
+                    None => {
+                        first_sights += 1;
+                        first_correct += usize::from(rating != Rating::Again);
+                    }
                 }
                 record(scheduler, desk, learner, &bank, &mut difficulties, population, &pick, rating, now)?;
                 let cost = match (study, rating) {
@@ -329,6 +345,7 @@ fn simulate(
         items_met: desks.iter().map(|d| d.studies.len()).sum::<usize>() as f64 / learners,
         answers,
         review_success: recalled as f64 / reviews.max(1) as f64,
+        first_success: first_correct as f64 / first_sights.max(1) as f64,
         learners_fitted: desks.iter().filter(|d| d.fitted).count(),
     })
 }
@@ -455,6 +472,7 @@ fn record(
     };
     let index = match existing {
         Some(k) => {
+            desk.reviews += 1;
             let study = &mut desk.studies[k];
             study.truth = truth;
             study.due_ms = due_ms;

@@ -26,6 +26,8 @@ pub struct Fit {
     /// Log loss on the held-out reviews with the default and with the fitted parameters.
     pub default_log_loss: f64,
     pub fitted_log_loss: f64,
+    /// Reviews after each item's first answer, and how many of them were held out.
+    pub reviews: usize,
     pub holdout_reviews: usize,
 }
 
@@ -67,7 +69,7 @@ pub fn fit(histories: &[Vec<Review>]) -> Result<Fit, FitError> {
     let fitted = MemoryModel::with_parameters(&parameters)?;
     let (default_log_loss, holdout_reviews) = holdout_log_loss(&MemoryModel::default(), histories, split_ms)?;
     let (fitted_log_loss, _) = holdout_log_loss(&fitted, histories, split_ms)?;
-    Ok(Fit { parameters, default_log_loss, fitted_log_loss, holdout_reviews })
+    Ok(Fit { parameters, default_log_loss, fitted_log_loss, reviews: times.len(), holdout_reviews })
 }
 
 fn grade(rating: Rating) -> u32 {
