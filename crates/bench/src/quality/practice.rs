@@ -22,6 +22,8 @@ pub const ABILITY_MIN_ATTEMPTS: i64 = 30;
 
 #[derive(Debug, Clone)]
 pub struct PracticeResult {
+    /// Items in the bank.
+    pub items: usize,
     pub target: f64,
     /// Mean first-attempt success over the second half of the rounds.
     pub realised: f64,
@@ -136,6 +138,7 @@ pub fn run(
         if pairs.len() < 3 { f64::NAN } else { spearman(&truth, &estimate) }
     };
     PracticeResult {
+        items: population.items.len(),
         target: policy.target_success,
         realised: successes as f64 / measured.max(1) as f64,
         measured_attempts: measured,

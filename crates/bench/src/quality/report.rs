@@ -18,7 +18,8 @@ pub fn markdown(r: &QualityReport) -> String {
     let _ = writeln!(md, "# Quality of the adaptive engine on simulated learners\n");
     let _ = writeln!(
         md,
-        "Written by `alp bench quality --seed {} --learners {} --days {} --practice-learners {} --practice-items {}` \
+        "Written by `alp bench quality --seed {} --learners {} --days {} --practice-learners {} --practice-items {} \
+         --efficiency-learners {} --efficiency-days {} --study-minutes {}` \
          (release build, one thread). The simulated learners, items and their ground truth are described in \
          `crates/bench/src/quality/population.rs`; each experiment's method in its module. \
          Same seed, same numbers. Machine: {}.\n",
@@ -27,6 +28,9 @@ pub fn markdown(r: &QualityReport) -> String {
         a.days,
         a.practice_learners,
         a.practice_items,
+        a.efficiency_learners,
+        a.efficiency_days,
+        a.study_minutes,
         machine()
     );
 
@@ -69,10 +73,10 @@ pub fn markdown(r: &QualityReport) -> String {
     let f = &r.practice_fixed;
     let _ = writeln!(
         md,
-        "{} learners each meet {} new items chosen by the practice ranking (10 rounds, all learners taking turns, \
+        "{} learners each meet {} new items of a bank of {} chosen by the practice ranking (10 rounds, all learners taking turns, \
          so item estimates improve as the population practises), starting from authors' difficulties off by \
          N(0, 0.8). Realised success: first attempts of the last 5 rounds. {:.1} s for both runs.\n",
-        a.practice_learners, a.practice_items, r.practice_seconds
+        a.practice_learners, a.practice_items, r.practice.items, r.practice_seconds
     );
     let _ = writeln!(
         md,
