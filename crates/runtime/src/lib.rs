@@ -2,12 +2,14 @@
 //! metrics, graceful drain), storage pools and migrations, the error-to-status mapping, request
 //! validation helpers and the downstream channel set-up.
 
+pub mod cache;
 pub mod clients;
 pub mod db;
 pub mod error;
 pub mod logging;
 pub mod metrics;
 pub mod page;
+pub mod redis;
 pub mod server;
 pub mod shutdown;
 #[cfg(feature = "testing")]

@@ -106,3 +106,170 @@ where
         db.close().await;
     }
 }
+
+/// A real Redis Cluster for one test: three primaries and three replicas on loopback ports,
+/// started from Debian's `redis-server` and joined with `redis-cli --cluster create`. The
+/// nodes stop when this is dropped.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<(u16, Option<std::process::Child>)>,
+    _dir: tempfile::TempDir,
+}
+
+/// Whether Redis tests must run here (`ALP_REQUIRE_REDIS=1`, set by the test command).
+fn redis_required() -> bool {
+    std::env::var("ALP_REQUIRE_REDIS").as_deref() == Ok("1")
+}
+
+/// A loopback port that is free, with its cluster bus port (+10000) free too. Both come from
+/// below the kernel's ephemeral range (32768 up), so a port picked for one node cannot be
+/// handed out again as another node's ephemeral pick; ports given out by this process are
+/// remembered, for tests that start clusters at the same time.
+fn free_cluster_port() -> std::io::Result<u16> {
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let start = 10_000 + (std::process::id() % 1000) as u16 * 10;
+    for offset in 0..10_000u16 {
+        let port = 10_000 + (start - 10_000 + offset) % 10_000;
+        if taken.contains(&port) {
+            continue;
+        }
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            taken.push(port);
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other("no free port pair for a Redis node"))
+}
+
+fn redis_cli(args: &[&str]) -> std::io::Result<String> {
+    let output = std::process::Command::new("redis-cli").args(args).output()?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr))
+}
+
+impl RedisCluster {
+    /// Starts a cluster; None (the test skips) when `redis-server` is missing and Redis is not
+    /// required.
+    ///
+    /// # Panics
+    /// When Redis is required but missing, or the cluster does not come up.
+    pub async fn start() -> Option<Self> {
+        if std::process::Command::new("redis-server").arg("--version").output().is_err() {
+            assert!(!redis_required(), "ALP_REQUIRE_REDIS=1 but redis-server is not installed");
+            eprintln!("skipping Redis: redis-server is not installed (scripts/test.sh installs it)");
+            return None;
+        }
+        #[allow(clippy::expect_used)]
+        let cluster = Self::launch().await.expect("start a Redis Cluster");
+        Some(cluster)
+    }
+
+    async fn launch() -> std::io::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            let port = free_cluster_port()?;
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf"), "--cluster-node-timeout", "1000"])
+                // Replicas sync at once (Redis 7 waits 5 s by default), so a failover can
+                // promote one soon after start.
+                .args(["--appendonly", "no", "--save", "", "--protected-mode", "no", "--repl-diskless-sync-delay", "0"])
+                .args(["--logfile", &format!("redis-{port}.log")])
+                .current_dir(dir.path())
+                .stdout(std::process::Stdio::null())
+                .spawn()?;
+            nodes.push((port, Some(child)));
+        }
+        let cluster = Self { nodes, _dir: dir };
+        for (port, _) in &cluster.nodes {
+            cluster
+                .wait_for(|| redis_cli(&["-p", &port.to_string(), "ping"]).is_ok_and(|o| o.contains("PONG")))
+                .await?;
+        }
+        let seeds = cluster.seeds();
+        let mut args: Vec<&str> = vec!["--cluster", "create"];
+        args.extend(seeds.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
+        let created = redis_cli(&args)?;
+        if !created.contains("[OK]") {
+            return Err(std::io::Error::other(format!("redis-cli --cluster create: {created}")));
+        }
+        cluster.wait_until_healthy().await?;
+        Ok(cluster)
+    }
+
+    async fn wait_for(&self, ready: impl Fn() -> bool) -> std::io::Result<()> {
+        for _ in 0..300 {
+            if ready() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(std::io::Error::other("Redis Cluster not ready after 15 s"))
+    }
+
+    /// Waits until every running node says the cluster is ok and every replica has synced
+    /// with its primary (a replica that never synced cannot take over).
+    ///
+    /// # Errors
+    /// When it is not within 15 s.
+    pub async fn wait_until_healthy(&self) -> std::io::Result<()> {
+        self.wait_for(|| {
+            self.running_ports().iter().all(|port| {
+                let port = port.to_string();
+                let ok = redis_cli(&["-p", &port, "cluster", "info"]).is_ok_and(|o| o.contains("cluster_state:ok"));
+                let replication = redis_cli(&["-p", &port, "info", "replication"]).unwrap_or_default();
+                ok && (replication.contains("role:master") || replication.contains("master_link_status:up"))
+            })
+        })
+        .await
+    }
+
+    /// `host:port` of every node.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes.iter().map(|(port, _)| format!("127.0.0.1:{port}")).collect()
+    }
+
+    fn running_ports(&self) -> Vec<u16> {
+        self.nodes.iter().filter(|(_, child)| child.is_some()).map(|(port, _)| *port).collect()
+    }
+
+    /// The ports of the running primaries.
+    pub fn primaries(&self) -> Vec<u16> {
+        let Some(port) = self.running_ports().first().copied() else { return Vec::new() };
+        let nodes = redis_cli(&["-p", &port.to_string(), "cluster", "nodes"]).unwrap_or_default();
+        nodes
+            .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail"))
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter_map(|address| address.split('@').next()?.rsplit(':').next()?.parse().ok())
+            .collect()
+    }
+
+    /// Kills a node at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self, port: u16) {
+        for (p, child) in &mut self.nodes {
+            if *p == port
+                && let Some(mut child) = child.take()
+            {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Kills every node.
+    pub fn kill_all(&mut self) {
+        for port in self.running_ports() {
+            self.kill(port);
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}

@@ -1,0 +1,232 @@
+//! A two-level cache of protobuf messages: in-process (L1: bounded, short TTL) in front of the
+//! shared Redis Cluster (L2: longer TTL) in front of the database, which stays the only source
+//! of truth. Without Redis (`alp dev`, or the cluster down) it is an L1 cache alone.
+//!
+//! Invalidation on write: the writer drops the keys from its own L1 and from Redis, then
+//! publishes them on the cache's channel, and every replica drops them from its L1 on receipt.
+//! Pub/sub is fire-and-forget, so a replica that was disconnected can miss a message: the short
+//! L1 TTL bounds how long it can serve the old value then.
+//!
+//! Redis errors never fail a read or a write: a failed read is a miss, and both are counted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use fred::interfaces::EventInterface;
+use fred::prelude::{Expiration, KeysInterface, PubsubInterface};
+use prost::Message;
+
+use crate::redis::Redis;
+
+/// What a cache holds and for how long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    /// Names the cache in keys, channels and metrics, e.g. `items`.
+    pub name: &'static str,
+    pub l1_capacity: u64,
+    pub l1_ttl: Duration,
+    pub l2_ttl: Duration,
+}
+
+/// Reads so far, by where they were answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheCounts {
+    pub l1_hits: u64,
+    pub l2_hits: u64,
+    pub misses: u64,
+    /// Redis commands that failed or timed out (the read then counts as a miss).
+    pub errors: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    l1_hits: AtomicU64,
+    l2_hits: AtomicU64,
+    misses: AtomicU64,
+    errors: AtomicU64,
+}
+
+struct Inner<V> {
+    settings: CacheSettings,
+    l1: moka::sync::Cache<String, V>,
+    redis: Option<Redis>,
+    counters: Counters,
+}
+
+/// A cache of `V` by string key; cheap to clone.
+pub struct Cache<V> {
+    inner: Arc<Inner<V>>,
+}
+
+impl<V> Clone for Cache<V> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone() }
+    }
+}
+
+impl<V> std::fmt::Debug for Cache<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").field("settings", &self.inner.settings).finish_non_exhaustive()
+    }
+}
+
+impl<V> Cache<V>
+where
+    V: Message + Default + Clone + Send + Sync + 'static,
+{
+    /// A cache; with Redis it also listens for other replicas' invalidations.
+    pub fn new(settings: CacheSettings, redis: Option<Redis>) -> Self {
+        let l1 = moka::sync::Cache::builder().max_capacity(settings.l1_capacity).time_to_live(settings.l1_ttl).build();
+        let cache = Self { inner: Arc::new(Inner { settings, l1, redis, counters: Counters::default() }) };
+        if let Some(redis) = &cache.inner.redis {
+            cache.listen(redis.clone());
+        }
+        cache
+    }
+
+    fn channel(redis: &Redis, name: &str) -> String {
+        redis.key(&format!("{name}:invalidate"))
+    }
+
+    fn l2_key(redis: &Redis, name: &str, key: &str) -> String {
+        redis.key(&format!("{name}:{key}"))
+    }
+
+    /// Drops keys from L1 as other replicas publish them; holds only a weak reference so the
+    /// task ends with the cache.
+    fn listen(&self, redis: Redis) {
+        let channel = Self::channel(&redis, self.inner.settings.name);
+        let weak = Arc::downgrade(&self.inner);
+        let mut messages = redis.subscriber().message_rx();
+        tokio::spawn(async move {
+            if let Err(err) = redis.subscriber().subscribe(channel.clone()).await {
+                // manage_subscriptions re-subscribes once the subscriber connects.
+                tracing::debug!(%channel, error = %err, "invalidation channel not subscribed yet");
+            }
+            while let Ok(message) = messages.recv().await {
+                if message.channel != channel.as_str() {
+                    continue;
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                if let Some(keys) = message.value.as_string() {
+                    for key in keys.lines() {
+                        inner.l1.invalidate(key);
+                    }
+                }
+            }
+        });
+    }
+
+    fn count(&self, counter: &AtomicU64, result: &'static str, n: u64) {
+        if n > 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+            metrics::counter!("alp_cache_requests_total", "cache" => self.inner.settings.name, "result" => result)
+                .increment(n);
+        }
+    }
+
+    fn error(&self, action: &str, err: &fred::error::Error) {
+        self.inner.counters.errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("alp_cache_errors_total", "cache" => self.inner.settings.name).increment(1);
+        tracing::debug!(cache = self.inner.settings.name, action, error = %err, "redis command failed");
+    }
+
+    /// The cached values of `keys`, in order; None where neither level has one.
+    pub async fn get_many(&self, keys: &[String]) -> Vec<Option<V>> {
+        let mut found: Vec<Option<V>> = keys.iter().map(|k| self.inner.l1.get(k)).collect();
+        let l1_hits = found.iter().filter(|v| v.is_some()).count() as u64;
+        self.count(&self.inner.counters.l1_hits, "l1_hit", l1_hits);
+        let missing: Vec<usize> = (0..keys.len()).filter(|i| found[*i].is_none()).collect();
+        let mut l2_hits = 0;
+        if let (Some(redis), false) = (&self.inner.redis, missing.is_empty()) {
+            let name = self.inner.settings.name;
+            // One GET per key: keys of one batch live in different slots (fred pipelines them).
+            let reads = missing.iter().map(|i| {
+                let key = Self::l2_key(redis, name, &keys[*i]);
+                async move { redis.pool().get::<Option<Vec<u8>>, _>(key).await }
+            });
+            for (i, read) in missing.iter().zip(futures::future::join_all(reads).await) {
+                match read {
+                    Ok(Some(bytes)) => match V::decode(bytes.as_slice()) {
+                        Ok(value) => {
+                            self.inner.l1.insert(keys[*i].clone(), value.clone());
+                            found[*i] = Some(value);
+                            l2_hits += 1;
+                        }
+                        Err(err) => tracing::warn!(cache = name, error = %err, "undecodable cache entry ignored"),
+                    },
+                    Ok(None) => {}
+                    Err(err) => self.error("get", &err),
+                }
+            }
+        }
+        self.count(&self.inner.counters.l2_hits, "l2_hit", l2_hits);
+        self.count(&self.inner.counters.misses, "miss", missing.len() as u64 - l2_hits);
+        found
+    }
+
+    pub async fn get(&self, key: &str) -> Option<V> {
+        self.get_many(&[key.to_owned()]).await.pop().flatten()
+    }
+
+    /// Stores values read from the database in both levels.
+    pub async fn put_many(&self, entries: &[(String, V)]) {
+        for (key, value) in entries {
+            self.inner.l1.insert(key.clone(), value.clone());
+        }
+        let Some(redis) = &self.inner.redis else { return };
+        let name = self.inner.settings.name;
+        let ttl = i64::try_from(self.inner.settings.l2_ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let writes = entries.iter().map(|(key, value)| {
+            let key = Self::l2_key(redis, name, key);
+            let bytes = value.encode_to_vec();
+            async move { redis.pool().set::<(), _, _>(key, bytes, Some(Expiration::PX(ttl)), None, false).await }
+        });
+        for result in futures::future::join_all(writes).await {
+            if let Err(err) = result {
+                self.error("set", &err);
+            }
+        }
+    }
+
+    pub async fn put(&self, key: &str, value: V) {
+        self.put_many(&[(key.to_owned(), value)]).await;
+    }
+
+    /// Drops keys everywhere: this replica's L1 at once, Redis, and other replicas' L1 through
+    /// the invalidation channel. Call it after the database write has committed.
+    pub async fn invalidate(&self, keys: &[String]) {
+        for key in keys {
+            self.inner.l1.invalidate(key);
+        }
+        let Some(redis) = &self.inner.redis else { return };
+        if keys.is_empty() {
+            return;
+        }
+        let name = self.inner.settings.name;
+        let deletes = keys.iter().map(|key| {
+            let key = Self::l2_key(redis, name, key);
+            async move { redis.pool().del::<i64, _>(key).await }
+        });
+        for result in futures::future::join_all(deletes).await {
+            if let Err(err) = result {
+                self.error("del", &err);
+            }
+        }
+        let channel = Self::channel(redis, name);
+        if let Err(err) = redis.pool().next().publish::<i64, _, _>(channel, keys.join("\n")).await {
+            self.error("publish", &err);
+        }
+    }
+
+    pub fn counts(&self) -> CacheCounts {
+        let c = &self.inner.counters;
+        CacheCounts {
+            l1_hits: c.l1_hits.load(Ordering::Relaxed),
+            l2_hits: c.l2_hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+        }
+    }
+}

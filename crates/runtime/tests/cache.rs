@@ -1,0 +1,128 @@
+//! The two-level cache against a real 6-node Redis Cluster: values shared between replicas
+//! through Redis, invalidation reaching every replica's L1, and reads that keep answering while
+//! a primary fails over or the whole cluster is gone.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use alp_runtime::cache::{Cache, CacheCounts, CacheSettings};
+use alp_runtime::redis::{Redis, RedisConfig};
+use alp_runtime::testing::RedisCluster;
+use prost_types::Timestamp;
+
+fn settings() -> CacheSettings {
+    CacheSettings {
+        name: "things",
+        l1_capacity: 1000,
+        l1_ttl: Duration::from_secs(60),
+        l2_ttl: Duration::from_secs(600),
+    }
+}
+
+fn value(seconds: i64) -> Timestamp {
+    Timestamp { seconds, nanos: 0 }
+}
+
+async fn connected(cluster: &RedisCluster, prefix: &str) -> Redis {
+    let redis = Redis::connect(&RedisConfig::for_nodes(&cluster.seeds()).unwrap(), prefix).unwrap();
+    let started = Instant::now();
+    while !redis.is_connected() {
+        assert!(started.elapsed() < Duration::from_secs(10), "not connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis
+}
+
+/// Polls until `check` holds; pub/sub and failover happen in other processes.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < Duration::from_secs(20), "{what} did not happen within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_values_and_every_replica_drops_an_invalidated_key() {
+    let Some(cluster) = RedisCluster::start().await else { return };
+    let a: Cache<Timestamp> = Cache::new(settings(), Some(connected(&cluster, "alp:test").await));
+    let b: Cache<Timestamp> = Cache::new(settings(), Some(connected(&cluster, "alp:test").await));
+
+    let keys: Vec<String> = (0..20).map(|n| format!("k{n}")).collect();
+    let entries: Vec<(String, Timestamp)> = keys.iter().cloned().zip((0..20).map(value)).collect();
+    a.put_many(&entries).await;
+
+    // b has never seen them: Redis answers, then b's own L1.
+    let read = b.get_many(&keys).await;
+    assert_eq!(read, (0..20).map(|n| Some(value(n))).collect::<Vec<_>>());
+    assert_eq!(b.counts(), CacheCounts { l1_hits: 0, l2_hits: 20, misses: 0, errors: 0 });
+    b.get_many(&keys).await;
+    assert_eq!(b.counts().l1_hits, 20);
+    assert_eq!(a.get("k3").await, Some(value(3)));
+    assert_eq!(a.counts().l1_hits, 1, "the writer's own L1");
+
+    // a updates k3 in the database and invalidates it: b must stop serving the old value.
+    a.invalidate(&["k3".to_owned()]).await;
+    assert_eq!(a.get("k3").await, None);
+    eventually("b's L1 dropping k3", || async { b.get("k3").await.is_none() }).await;
+    assert_eq!(b.get("k4").await, Some(value(4)), "only k3 is dropped");
+    assert_eq!(b.counts().errors, 0);
+
+    // Without Redis a cache is an L1 alone.
+    let local: Cache<Timestamp> = Cache::new(settings(), None);
+    assert_eq!(local.get("k4").await, None);
+    local.put("k4", value(4)).await;
+    assert_eq!(local.get("k4").await, Some(value(4)));
+    assert_eq!(local.counts(), CacheCounts { l1_hits: 1, l2_hits: 0, misses: 1, errors: 0 });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_keep_answering_through_a_failover_and_without_the_cluster() {
+    let Some(mut cluster) = RedisCluster::start().await else { return };
+    let redis = connected(&cluster, "alp:test").await;
+    let writer: Cache<Timestamp> = Cache::new(settings(), Some(redis.clone()));
+    let keys: Vec<String> = (0..50).map(|n| format!("k{n}")).collect();
+    writer.put_many(&keys.iter().cloned().zip((0..50).map(value)).collect::<Vec<_>>()).await;
+
+    // A reader with an empty L1 goes to Redis for everything.
+    let reader = || {
+        Cache::<Timestamp>::new(CacheSettings { l1_ttl: Duration::from_millis(1), ..settings() }, Some(redis.clone()))
+    };
+    let primary = cluster.primaries()[0];
+    cluster.kill(primary);
+    let during = reader();
+    let started = Instant::now();
+    let read = during.get_many(&keys).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a dead primary costs at most a timeout: {:?}",
+        started.elapsed()
+    );
+    // Whatever Redis still answers is right; the rest are misses the database would serve.
+    for (n, v) in read.iter().enumerate() {
+        assert!(v.is_none() || *v == Some(value(n as i64)), "k{n}: {v:?}");
+    }
+    assert_eq!(during.counts().l2_hits + during.counts().misses, 50);
+
+    // Its replica takes over: every key is readable again (the lost shard's copies were replicated).
+    eventually("the replica's promotion", || async { reader().get_many(&keys).await.iter().all(Option::is_some) })
+        .await;
+    cluster.wait_until_healthy().await.unwrap();
+
+    // The whole cluster gone: reads are misses, quickly, and nothing fails.
+    cluster.kill_all();
+    let gone = reader();
+    let started = Instant::now();
+    let read = gone.get_many(&keys).await;
+    assert!(read.iter().all(Option::is_none));
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(gone.counts().errors > 0 && gone.counts().misses == 50, "{:?}", gone.counts());
+    gone.put("k1", value(1)).await;
+    gone.invalidate(&["k1".to_owned()]).await;
+    eventually("the pool noticing", || async { !redis.is_connected() }).await;
+}
