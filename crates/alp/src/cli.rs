@@ -62,6 +62,9 @@ pub struct DevArgs {
     pub no_seed: bool,
     #[command(flatten)]
     pub policies: alp_scoring::PolicyArgs,
+    /// Optional here: without nodes, caches stay in process.
+    #[command(flatten)]
+    pub redis: alp_runtime::redis::RedisArgs,
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +96,8 @@ pub struct ServeArgs {
     /// Ranking and mock-test settings (scoring).
     #[command(flatten)]
     pub policies: alp_scoring::PolicyArgs,
+    #[command(flatten)]
+    pub redis: alp_runtime::redis::RedisArgs,
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +123,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let policies = args.policies.policies().map_err(anyhow::Error::msg)?;
+    let redis = args.redis.config().map_err(anyhow::Error::msg)?;
     let databases = Databases::sqlite(&args.data_dir);
     suite::migrate(&databases).await?;
     let listeners = Listeners::bind(args.host, Service::default_port).await?;
@@ -164,7 +170,8 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         "ALP dev suite starting; Ctrl-C stops it"
     );
     let server = ServerConfig { drain_delay: Duration::ZERO, ..ServerConfig::default() };
-    let result = suite::run(listeners, databases, server, policies, alp_runtime::shutdown::signal()).await;
+    let settings = suite::Settings { server, policies, redis };
+    let result = suite::run(listeners, databases, settings, alp_runtime::shutdown::signal()).await;
     stop.cancel();
     result
 }
@@ -184,7 +191,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(async move { alp_runtime::metrics::serve(metrics_listener, stop.cancelled_owned()).await });
     }
     let result = match service {
-        Service::Content => alp_content::serve(alp_content::ContentConfig { server, database }, listener).await,
+        Service::Content => {
+            let redis = args.redis.config().map_err(anyhow::Error::msg)?;
+            alp_content::serve(alp_content::ContentConfig { server, database, redis }, listener).await
+        }
         Service::User => {
             alp_user::serve(
                 alp_user::UserConfig { server, database, content_address: args.content_addr, channel },

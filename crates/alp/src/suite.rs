@@ -159,14 +159,23 @@ pub async fn migrate(databases: &Databases) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the four services share besides their listeners and databases.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub server: ServerConfig,
+    pub policies: alp_scoring::Policies,
+    /// The shared Redis Cluster; None keeps every cache in process.
+    pub redis: Option<alp_runtime::redis::RedisConfig>,
+}
+
 /// Runs the four services until `shutdown` resolves. Migrations must have run.
 pub async fn run(
     listeners: Listeners,
     databases: Databases,
-    server: ServerConfig,
-    policies: alp_scoring::Policies,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let Settings { server, policies, redis } = settings;
     let addresses = listeners.addresses()?;
     let url = |address: SocketAddr| format!("http://{address}");
     let channel = ChannelConfig::default();
@@ -180,7 +189,7 @@ pub async fn run(
     tasks.spawn(named(
         "content",
         alp_content::serve_with_shutdown(
-            alp_content::ContentConfig { server: server.clone(), database: databases.content.clone() },
+            alp_content::ContentConfig { server: server.clone(), database: databases.content.clone(), redis },
             listeners.content,
             signal(),
         ),

@@ -53,7 +53,7 @@ async fn progress_submitted_while_user_service_is_down_arrives_once_it_is_back()
     let stop_all = CancellationToken::new();
     let config = test_server_config();
     tokio::spawn(alp_content::serve_with_shutdown(
-        alp_content::ContentConfig { server: config.clone(), database: databases.content.clone() },
+        alp_content::ContentConfig { server: config.clone(), database: databases.content.clone(), redis: None },
         content_l,
         stop_all.clone().cancelled_owned(),
     ));

@@ -19,6 +19,9 @@ use prost::Message;
 
 use crate::redis::Redis;
 
+/// When a write's invalidation runs the second time.
+const REINVALIDATE_AFTER: Duration = Duration::from_secs(1);
+
 /// What a cache holds and for how long.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheSettings {
@@ -195,8 +198,20 @@ where
     }
 
     /// Drops keys everywhere: this replica's L1 at once, Redis, and other replicas' L1 through
-    /// the invalidation channel. Call it after the database write has committed.
+    /// the invalidation channel. Call it after the database write has committed. It runs again
+    /// a second later, so a read that fetched the old row just before the write and cached it
+    /// just after is dropped too.
     pub async fn invalidate(&self, keys: &[String]) {
+        self.invalidate_now(keys).await;
+        let again = self.clone();
+        let keys = keys.to_vec();
+        tokio::spawn(async move {
+            tokio::time::sleep(REINVALIDATE_AFTER).await;
+            again.invalidate_now(&keys).await;
+        });
+    }
+
+    async fn invalidate_now(&self, keys: &[String]) {
         for key in keys {
             self.inner.l1.invalidate(key);
         }

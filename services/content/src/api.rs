@@ -2,7 +2,11 @@
 
 use alp_proto::content::v1::content_service_server::ContentService;
 use alp_proto::content::v1::*;
+use std::time::Duration;
+
+use alp_runtime::cache::{Cache, CacheSettings};
 use alp_runtime::page;
+use alp_runtime::redis::Redis;
 use alp_runtime::validate::{id, page_size};
 use tonic::{Request, Response, Status};
 
@@ -13,13 +17,37 @@ use crate::validate;
 #[derive(Debug, Clone)]
 pub struct ContentApi {
     store: ContentStore,
+    items: Cache<Item>,
 }
 
 impl ContentApi {
-    pub fn new(store: ContentStore) -> Self {
-        Self { store }
+    pub fn new(store: ContentStore, redis: Option<Redis>) -> Self {
+        Self { store, items: Cache::new(ITEM_CACHE, redis) }
+    }
+
+    /// The items that exist among `ids`, from the cache where it has them.
+    async fn items(&self, ids: &[String]) -> Result<Vec<Item>, ContentError> {
+        let cached = self.items.get_many(ids).await;
+        let missing: Vec<String> =
+            ids.iter().zip(&cached).filter(|(_, item)| item.is_none()).map(|(id, _)| id.clone()).collect();
+        let mut items: Vec<Item> = cached.into_iter().flatten().collect();
+        if !missing.is_empty() {
+            let fetched = self.store.get_items(&missing).await?;
+            self.items.put_many(&fetched.iter().map(|i| (i.item_id.clone(), i.clone())).collect::<Vec<_>>()).await;
+            items.extend(fetched);
+        }
+        Ok(items)
     }
 }
+
+/// Items are read on every NextItems and change rarely: a minute in each replica's memory
+/// (the bound on staleness if an invalidation message is lost), an hour in Redis.
+pub const ITEM_CACHE: CacheSettings = CacheSettings {
+    name: "items",
+    l1_capacity: 50_000,
+    l1_ttl: Duration::from_secs(60),
+    l2_ttl: Duration::from_secs(3600),
+};
 
 type RpcResult<T> = std::result::Result<Response<T>, Status>;
 
@@ -77,6 +105,7 @@ impl ContentService for ContentApi {
         let request = request.into_inner();
         validate::items(&request.items).map_err(ContentError::from)?;
         let outcome = self.store.upsert_items(&request.items).await?;
+        self.items.invalidate(&request.items.iter().map(|i| i.item_id.clone()).collect::<Vec<_>>()).await;
         Ok(Response::new(UpsertItemsResponse {
             items: outcome.items,
             created_count: outcome.created,
@@ -88,10 +117,8 @@ impl ContentService for ContentApi {
         let request = request.into_inner();
         id("item_id", &request.item_id).map_err(ContentError::from)?;
         let item = self
-            .store
-            .get_items(std::slice::from_ref(&request.item_id))
-            .await
-            .map_err(ContentError::from)?
+            .items(std::slice::from_ref(&request.item_id))
+            .await?
             .pop()
             .ok_or_else(|| ContentError::not_found("item", &request.item_id))?;
         Ok(Response::new(GetItemResponse { item: Some(item) }))
@@ -103,7 +130,7 @@ impl ContentService for ContentApi {
         let mut unique = request.item_ids.clone();
         unique.sort();
         unique.dedup();
-        let mut items = self.store.get_items(&unique).await.map_err(ContentError::from)?;
+        let mut items = self.items(&unique).await?;
         items.sort_by(|a, b| a.item_id.cmp(&b.item_id));
         let missing_item_ids =
             unique.into_iter().filter(|id| items.binary_search_by(|i| i.item_id.as_str().cmp(id)).is_err()).collect();
@@ -137,6 +164,7 @@ impl ContentService for ContentApi {
             .await
             .map_err(ContentError::from)?
             .ok_or_else(|| ContentError::not_found("item", &request.item_id))?;
+        self.items.invalidate(std::slice::from_ref(&request.item_id)).await;
         Ok(Response::new(RetireItemResponse { item: Some(item) }))
     }
 

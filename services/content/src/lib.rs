@@ -9,11 +9,12 @@ use std::future::Future;
 
 use alp_proto::content::v1::content_service_server::{self, ContentServiceServer};
 use alp_runtime::db::{Database, DatabaseConfig, MigrationStep, PoolDefaults};
+use alp_runtime::redis::{Redis, RedisConfig};
 use alp_runtime::server::{self, Readiness, ServeError, ServerConfig};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
-pub use api::ContentApi;
+pub use api::{ContentApi, ITEM_CACHE};
 pub use error::ContentError;
 pub use store::{ContentStore, SearchQuery};
 
@@ -35,7 +36,12 @@ pub const MIGRATIONS: &[MigrationStep] = &[MigrationStep {
 pub struct ContentConfig {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
+    /// The shared Redis Cluster; None keeps caches in process.
+    pub redis: Option<RedisConfig>,
 }
+
+/// The service's keys in the shared cluster start with this.
+pub const REDIS_PREFIX: &str = "alp:content";
 
 /// Runs the content service on `listener` until SIGTERM or Ctrl-C.
 pub async fn serve(config: ContentConfig, listener: TcpListener) -> Result<(), ServeError> {
@@ -50,7 +56,9 @@ pub async fn serve_with_shutdown(
 ) -> Result<(), ServeError> {
     let db = Database::connect(&config.database).await?;
     db.ensure_migrated("content", MIGRATIONS).await?;
-    let api = ContentApi::new(ContentStore::new(db.clone()));
+    let redis =
+        config.redis.as_ref().map(|r| Redis::connect(r, REDIS_PREFIX)).transpose().map_err(ServeError::Setup)?;
+    let api = ContentApi::new(ContentStore::new(db.clone()), redis);
     let routes = Routes::new(ContentServiceServer::new(api).max_decoding_message_size(config.server.max_message_bytes));
     let readiness = Readiness::new().with_database(db.clone());
     let result = server::run(SERVICE_NAME, routes, &config.server, listener, readiness, shutdown).await;

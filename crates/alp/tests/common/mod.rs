@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use alp::suite::{self, Addresses, Databases, Listeners};
+use alp::suite::{self, Addresses, Databases, Listeners, Settings};
 use alp_runtime::server::ServerConfig;
 use alp_runtime::testing;
 use tokio_util::sync::CancellationToken;
@@ -45,13 +45,16 @@ pub async fn postgres_databases(admin_url: &str) -> Databases {
 
 /// Starts the four services on 127.0.0.1:0 with the given storage and waits until they serve.
 pub async fn start(databases: Databases, dir: Option<tempfile::TempDir>) -> Running {
+    start_with(databases, dir, Settings { server: test_server_config(), ..Settings::default() }).await
+}
+
+pub async fn start_with(databases: Databases, dir: Option<tempfile::TempDir>, settings: Settings) -> Running {
     suite::migrate(&databases).await.unwrap();
     let listeners = Listeners::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), |_| 0).await.unwrap();
     let addresses = listeners.addresses().unwrap();
     let stop = CancellationToken::new();
     let signal = stop.clone().cancelled_owned();
-    let task =
-        tokio::spawn(suite::run(listeners, databases, test_server_config(), alp_scoring::Policies::default(), signal));
+    let task = tokio::spawn(suite::run(listeners, databases, settings, signal));
     wait_serving(addresses.scheduler, "alp.scheduler.v1.SchedulerService").await;
     Running { addresses, stop, task, _dir: dir }
 }
