@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 root=$PWD
 work=$(mktemp -d /tmp/alp-test.XXXXXX)
 chmod 755 "$work"
-pg_port=${ALP_TEST_PG_PORT:-55432}
+# Below the kernel's ephemeral range (32768 up), so no outgoing connection can hold it; the
+# Redis tests use 10000-29999.
+pg_port=${ALP_TEST_PG_PORT:-9543}
 say() { printf '\n== %s\n' "$*"; }
 
 # --- PostgreSQL 15 -------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 //! The suite against a real 6-node Redis Cluster: content items are served from the cache
-//! once read, and an update is visible on the very next read.
+//! once read, an update is visible on the very next read, and without the cluster the service
+//! answers from its database and reports Redis down on its health.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -41,7 +42,7 @@ fn item(prompt: &str) -> Item {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn items_come_from_the_cache_and_an_update_is_never_served_stale() {
     let handle = alp_runtime::metrics::install().expect("a metrics recorder");
-    let Some(cluster) = RedisCluster::start().await else { return };
+    let Some(mut cluster) = RedisCluster::start().await else { return };
     let redis = RedisConfig::for_nodes(&cluster.seeds()).unwrap();
     let settings = Settings { server: common::test_server_config(), redis: Some(redis.clone()), ..Settings::default() };
     let running = match alp_runtime::testing::postgres_admin_url() {
@@ -107,5 +108,28 @@ async fn items_come_from_the_cache_and_an_update_is_never_served_stale() {
     assert!(dropped, "the other replica still serves the first version");
     let counts: CacheCounts = replica.counts();
     assert_eq!(counts.errors, 0, "{counts:?}");
+
+    // The whole cluster gone: content keeps answering from its database and says so on the
+    // health entry of its Redis, while the service itself stays SERVING.
+    let content_health = "alp.content.v1.ContentService";
+    let redis_health = format!("{content_health}/redis");
+    let health = || alp_runtime::clients::check_serving(channel(running.addresses.content), &redis_health);
+    assert!(health().await.is_ok(), "redis entry SERVING while connected");
+    cluster.kill_all();
+    let mut reported = false;
+    for _ in 0..200 {
+        if health().await.is_err() {
+            reported = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(reported, "health never reported Redis down");
+    assert!(alp_runtime::clients::check_serving(channel(running.addresses.content), content_health).await.is_ok());
+    let mut fresh = item("written while Redis is down");
+    fresh.item_id = "cached-2".into();
+    content.upsert_items(UpsertItemsRequest { items: vec![fresh] }).await.unwrap();
+    let read = content.get_item(GetItemRequest { item_id: "cached-2".into() }).await.unwrap().into_inner();
+    assert_eq!(read.item.unwrap().prompt, "written while Redis is down");
     running.shutdown().await;
 }

@@ -90,6 +90,9 @@ type Check = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct Readiness {
     checks: Vec<(String, Check)>,
+    /// Dependencies the service can answer without, more slowly (Redis): reported on a health
+    /// entry of their own, `<service>/<name>`, while the service stays SERVING.
+    optional: Vec<(String, Check)>,
 }
 
 impl std::fmt::Debug for Readiness {
@@ -110,6 +113,31 @@ impl Readiness {
     {
         self.checks.push((name.into(), Arc::new(move || Box::pin(check()))));
         self
+    }
+
+    /// A dependency the service can do without; see [`Readiness`].
+    pub fn with_optional_check<F, Fut>(mut self, name: impl Into<String>, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.optional.push((name.into(), Arc::new(move || Box::pin(check()))));
+        self
+    }
+
+    /// The shared Redis Cluster, optional: without it caches miss and the database answers.
+    pub fn with_redis(self, redis: Option<crate::redis::Redis>) -> Self {
+        match redis {
+            Some(redis) => {
+                self.with_optional_check("redis", move || {
+                    let connected = redis.is_connected();
+                    async move {
+                        if connected { Ok(()) } else { Err("not connected; serving from the database".to_owned()) }
+                    }
+                })
+            }
+            None => self,
+        }
     }
 
     /// The service's own database answers.
@@ -213,6 +241,7 @@ async fn monitor_readiness(
     draining: CancellationToken,
 ) {
     let mut serving: Option<bool> = None;
+    let mut optional_up: Vec<Option<bool>> = vec![None; readiness.optional.len()];
     loop {
         let outcome = tokio::select! {
             () = draining.cancelled() => return,
@@ -220,6 +249,24 @@ async fn monitor_readiness(
         };
         if draining.is_cancelled() {
             return;
+        }
+        for ((name, check), up) in readiness.optional.iter().zip(optional_up.iter_mut()) {
+            let result = check().await;
+            let now_up = result.is_ok();
+            metrics::gauge!("alp_dependency_up", "service" => service_name, "dependency" => name.clone())
+                .set(f64::from(u8::from(now_up)));
+            if *up != Some(now_up) {
+                let entry = format!("{service_name}/{name}");
+                let status = if now_up { ServingStatus::Serving } else { ServingStatus::NotServing };
+                reporter.set_service_status(&entry, status).await;
+                match &result {
+                    Ok(()) => tracing::info!(service = service_name, dependency = %name, "dependency up"),
+                    Err(reason) => {
+                        tracing::warn!(service = service_name, dependency = %name, %reason, "dependency down")
+                    }
+                }
+                *up = Some(now_up);
+            }
         }
         let ready = outcome.is_ok();
         if serving != Some(ready) {

@@ -58,9 +58,9 @@ pub async fn serve_with_shutdown(
     db.ensure_migrated("content", MIGRATIONS).await?;
     let redis =
         config.redis.as_ref().map(|r| Redis::connect(r, REDIS_PREFIX)).transpose().map_err(ServeError::Setup)?;
-    let api = ContentApi::new(ContentStore::new(db.clone()), redis);
+    let api = ContentApi::new(ContentStore::new(db.clone()), redis.clone());
     let routes = Routes::new(ContentServiceServer::new(api).max_decoding_message_size(config.server.max_message_bytes));
-    let readiness = Readiness::new().with_database(db.clone());
+    let readiness = Readiness::new().with_database(db.clone()).with_redis(redis);
     let result = server::run(SERVICE_NAME, routes, &config.server, listener, readiness, shutdown).await;
     db.close().await;
     result
