@@ -215,6 +215,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     scoring_address: args.scoring_addr,
                     user_address: args.user_addr,
                     channel,
+                    redis: args.redis.config().map_err(anyhow::Error::msg)?,
                 },
                 listener,
             )

@@ -189,7 +189,11 @@ pub async fn run(
     tasks.spawn(named(
         "content",
         alp_content::serve_with_shutdown(
-            alp_content::ContentConfig { server: server.clone(), database: databases.content.clone(), redis },
+            alp_content::ContentConfig {
+                server: server.clone(),
+                database: databases.content.clone(),
+                redis: redis.clone(),
+            },
             listeners.content,
             signal(),
         ),
@@ -225,6 +229,7 @@ pub async fn run(
                 scoring_address: url(addresses.scoring),
                 user_address: url(addresses.user),
                 channel,
+                redis,
             },
             listeners.scheduler,
             signal(),

@@ -1,5 +1,5 @@
-//! The suite against a real 6-node Redis Cluster: content items are served from the cache
-//! once read, an update is visible on the very next read, and without the cluster the service
+//! The suite against a real 6-node Redis Cluster: content items and learners' memory states
+//! are served from the cache once read, an update or attempt is visible on the very next read, and without the cluster the service
 //! answers from its database and reports Redis down on its health.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -7,24 +7,72 @@
 mod common;
 
 use alp::suite::{Databases, Settings};
+use alp_proto::common::v1::Reason;
 use alp_proto::content::v1::content_service_client::ContentServiceClient;
 use alp_proto::content::v1::*;
+use alp_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
+use alp_proto::scheduler::v1::submit_attempt_request::Outcome;
+use alp_proto::scheduler::v1::{NextItemsRequest, SubmitAttemptRequest};
+use alp_proto::user::v1::user_service_client::UserServiceClient;
+use alp_proto::user::v1::{CreateLearnerRequest, EnrolLearnerRequest, Learner};
 use alp_runtime::cache::{Cache, CacheCounts};
 use alp_runtime::redis::{Redis, RedisConfig};
 use alp_runtime::testing::RedisCluster;
-use common::channel;
+use common::{cache_counts, channel};
 
-/// The content service's item-cache counters, from the process's Prometheus recorder.
 fn item_counts(handle: &metrics_exporter_prometheus::PrometheusHandle) -> (u64, u64, u64) {
-    let text = handle.render();
-    let count = |result: &str| {
-        text.lines()
-            .filter(|l| l.starts_with("alp_cache_requests_total{"))
-            .filter(|l| l.contains("cache=\"items\"") && l.contains(&format!("result=\"{result}\"")))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
+    cache_counts(handle, "items")
+}
+
+/// NextItems twice: the learner's memory states come from Redis the second time; an attempt
+/// is visible to the very next NextItems; a retried attempt is answered from the cache.
+async fn scheduler_reads_memory_from_the_cache(
+    running: &common::Running,
+    handle: &metrics_exporter_prometheus::PrometheusHandle,
+) {
+    let a = running.addresses;
+    let mut content = ContentServiceClient::new(channel(a.content));
+    let items =
+        (2..6).map(|n| Item { item_id: format!("cached-{n}"), prompt: format!("card {n}"), ..item("") }).collect();
+    content.upsert_items(UpsertItemsRequest { items }).await.unwrap();
+    let mut user = UserServiceClient::new(channel(a.user));
+    let learner = Learner { learner_id: "cacher".into(), ..Default::default() };
+    user.create_learner(CreateLearnerRequest { learner: Some(learner) }).await.unwrap();
+    user.enrol_learner(EnrolLearnerRequest { learner_id: "cacher".into(), course_id: "cache".into() }).await.unwrap();
+    let mut scheduler = SchedulerServiceClient::new(channel(a.scheduler));
+    let next =
+        || NextItemsRequest { learner_id: "cacher".into(), course_id: "cache".into(), count: 10, ..Default::default() };
+
+    let before = cache_counts(handle, "memory");
+    scheduler.next_items(next()).await.unwrap();
+    let first = cache_counts(handle, "memory");
+    assert_eq!(first.2, before.2 + 1, "the first NextItems reads the scheduler's database");
+    for _ in 0..3 {
+        scheduler.next_items(next()).await.unwrap();
+    }
+    let repeated = cache_counts(handle, "memory");
+    assert_eq!(repeated.1, first.1 + 3, "repeats come from Redis");
+    assert_eq!(repeated.2, first.2, "and do not query the database");
+
+    let submit = SubmitAttemptRequest {
+        attempt_id: "cacher-1".into(),
+        learner_id: "cacher".into(),
+        item_id: "cached-1".into(),
+        outcome: Some(Outcome::Correct(true)),
+        ..Default::default()
     };
-    (count("l1_hit"), count("l2_hit"), count("miss"))
+    assert!(!scheduler.submit_attempt(submit.clone()).await.unwrap().into_inner().duplicate);
+    let listed = scheduler.next_items(next()).await.unwrap().into_inner();
+    let answered = listed.items.iter().find(|i| i.item_id == "cached-1").expect("the answered item is offered");
+    assert_ne!(answered.reason, Reason::New as i32, "the attempt is seen at once: {answered:?}");
+    assert_eq!(cache_counts(handle, "memory").2, repeated.2 + 1, "the attempt dropped the cached states");
+
+    let attempts_before = cache_counts(handle, "attempts");
+    let retried = scheduler.submit_attempt(submit).await.unwrap().into_inner();
+    assert!(retried.duplicate);
+    assert_eq!(retried.attempt.unwrap().attempt_id, "cacher-1");
+    let attempts_after = cache_counts(handle, "attempts");
+    assert_eq!(attempts_after.0, attempts_before.0 + 1, "a retry is answered from the cache");
 }
 
 fn item(prompt: &str) -> Item {
@@ -40,7 +88,7 @@ fn item(prompt: &str) -> Item {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn items_come_from_the_cache_and_an_update_is_never_served_stale() {
+async fn the_suite_reads_through_the_cache_and_never_serves_a_stale_copy() {
     let handle = alp_runtime::metrics::install().expect("a metrics recorder");
     let Some(mut cluster) = RedisCluster::start().await else { return };
     let redis = RedisConfig::for_nodes(&cluster.seeds()).unwrap();
@@ -108,6 +156,8 @@ async fn items_come_from_the_cache_and_an_update_is_never_served_stale() {
     assert!(dropped, "the other replica still serves the first version");
     let counts: CacheCounts = replica.counts();
     assert_eq!(counts.errors, 0, "{counts:?}");
+
+    scheduler_reads_memory_from_the_cache(&running, &handle).await;
 
     // The whole cluster gone: content keeps answering from its database and says so on the
     // health entry of its Redis, while the service itself stays SERVING.

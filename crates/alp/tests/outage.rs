@@ -74,6 +74,7 @@ async fn progress_submitted_while_user_service_is_down_arrives_once_it_is_back()
             scoring_address: format!("http://{scoring}"),
             user_address: format!("http://{user}"),
             channel: ChannelConfig::default(),
+            redis: None,
         },
         scheduler_l,
         stop_all.clone().cancelled_owned(),

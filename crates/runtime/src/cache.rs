@@ -7,10 +7,14 @@
 //! Pub/sub is fire-and-forget, so a replica that was disconnected can miss a message: the short
 //! L1 TTL bounds how long it can serve the old value then.
 //!
-//! Redis errors never fail a read or a write: a failed read is a miss, and both are counted.
+//! Redis errors never fail a read or a write: a failed read is a miss, and both are counted. A
+//! key whose deletion from Redis failed (its slot's primary down, say) is read around the cache
+//! and deleted again every 250 ms until that succeeds, so a promoted replica cannot bring back a
+//! value that was invalidated while its primary was dying.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use fred::interfaces::EventInterface;
@@ -21,12 +25,16 @@ use crate::redis::Redis;
 
 /// When a write's invalidation runs the second time.
 const REINVALIDATE_AFTER: Duration = Duration::from_secs(1);
+/// How often failed deletions are tried again, and how many are kept.
+const RETRY_DELETES_EVERY: Duration = Duration::from_millis(250);
+const MAX_PENDING: usize = 100_000;
 
 /// What a cache holds and for how long.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheSettings {
     /// Names the cache in keys, channels and metrics, e.g. `items`.
     pub name: &'static str,
+    /// 0 leaves L1 out: for values that change often and must not be stale on another replica.
     pub l1_capacity: u64,
     pub l1_ttl: Duration,
     pub l2_ttl: Duration,
@@ -55,6 +63,10 @@ struct Inner<V> {
     l1: moka::sync::Cache<String, V>,
     redis: Option<Redis>,
     counters: Counters,
+    /// Keys still to delete from Redis, and whether a task is retrying them.
+    pending: Mutex<HashSet<String>>,
+    pending_count: AtomicUsize,
+    retrying: AtomicBool,
 }
 
 /// A cache of `V` by string key; cheap to clone.
@@ -81,7 +93,17 @@ where
     /// A cache; with Redis it also listens for other replicas' invalidations.
     pub fn new(settings: CacheSettings, redis: Option<Redis>) -> Self {
         let l1 = moka::sync::Cache::builder().max_capacity(settings.l1_capacity).time_to_live(settings.l1_ttl).build();
-        let cache = Self { inner: Arc::new(Inner { settings, l1, redis, counters: Counters::default() }) };
+        let cache = Self {
+            inner: Arc::new(Inner {
+                settings,
+                l1,
+                redis,
+                counters: Counters::default(),
+                pending: Mutex::new(HashSet::new()),
+                pending_count: AtomicUsize::new(0),
+                retrying: AtomicBool::new(false),
+            }),
+        };
         if let Some(redis) = &cache.inner.redis {
             cache.listen(redis.clone());
         }
@@ -135,12 +157,25 @@ where
         tracing::debug!(cache = self.inner.settings.name, action, error = %err, "redis command failed");
     }
 
+    /// Which of `keys` are waiting for their deletion from Redis.
+    fn pending_mask(&self, keys: &[String]) -> Vec<bool> {
+        if self.inner.pending_count.load(Ordering::Relaxed) == 0 {
+            return vec![false; keys.len()];
+        }
+        let pending = self.inner.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.iter().map(|k| pending.contains(k)).collect()
+    }
+
     /// The cached values of `keys`, in order; None where neither level has one.
     pub async fn get_many(&self, keys: &[String]) -> Vec<Option<V>> {
-        let mut found: Vec<Option<V>> = keys.iter().map(|k| self.inner.l1.get(k)).collect();
+        let l1 = self.inner.settings.l1_capacity > 0;
+        let pending = self.pending_mask(keys);
+        let mut found: Vec<Option<V>> =
+            keys.iter().zip(&pending).map(|(k, p)| if l1 && !p { self.inner.l1.get(k) } else { None }).collect();
         let l1_hits = found.iter().filter(|v| v.is_some()).count() as u64;
         self.count(&self.inner.counters.l1_hits, "l1_hit", l1_hits);
-        let missing: Vec<usize> = (0..keys.len()).filter(|i| found[*i].is_none()).collect();
+        let bypassed = pending.iter().filter(|p| **p).count() as u64;
+        let missing: Vec<usize> = (0..keys.len()).filter(|i| found[*i].is_none() && !pending[*i]).collect();
         let mut l2_hits = 0;
         if let (Some(redis), false) = (&self.inner.redis, missing.is_empty()) {
             let name = self.inner.settings.name;
@@ -153,7 +188,9 @@ where
                 match read {
                     Ok(Some(bytes)) => match V::decode(bytes.as_slice()) {
                         Ok(value) => {
-                            self.inner.l1.insert(keys[*i].clone(), value.clone());
+                            if l1 {
+                                self.inner.l1.insert(keys[*i].clone(), value.clone());
+                            }
                             found[*i] = Some(value);
                             l2_hits += 1;
                         }
@@ -165,7 +202,7 @@ where
             }
         }
         self.count(&self.inner.counters.l2_hits, "l2_hit", l2_hits);
-        self.count(&self.inner.counters.misses, "miss", missing.len() as u64 - l2_hits);
+        self.count(&self.inner.counters.misses, "miss", missing.len() as u64 - l2_hits + bypassed);
         found
     }
 
@@ -175,8 +212,13 @@ where
 
     /// Stores values read from the database in both levels.
     pub async fn put_many(&self, entries: &[(String, V)]) {
-        for (key, value) in entries {
-            self.inner.l1.insert(key.clone(), value.clone());
+        let keys: Vec<String> = entries.iter().map(|(k, _)| k.clone()).collect();
+        let pending = self.pending_mask(&keys);
+        let entries: Vec<&(String, V)> = entries.iter().zip(&pending).filter(|(_, p)| !**p).map(|(e, _)| e).collect();
+        if self.inner.settings.l1_capacity > 0 {
+            for (key, value) in &entries {
+                self.inner.l1.insert(key.clone(), value.clone());
+            }
         }
         let Some(redis) = &self.inner.redis else { return };
         let name = self.inner.settings.name;
@@ -215,24 +257,72 @@ where
         for key in keys {
             self.inner.l1.invalidate(key);
         }
-        let Some(redis) = &self.inner.redis else { return };
-        if keys.is_empty() {
+        if self.inner.redis.is_none() || keys.is_empty() {
             return;
         }
+        let failed = self.delete_from_redis(keys).await;
+        if !failed.is_empty() {
+            self.defer(failed);
+        }
+    }
+
+    /// Deletes keys from Redis and tells the other replicas; returns the keys not deleted.
+    async fn delete_from_redis(&self, keys: &[String]) -> Vec<String> {
+        let Some(redis) = &self.inner.redis else { return Vec::new() };
         let name = self.inner.settings.name;
         let deletes = keys.iter().map(|key| {
             let key = Self::l2_key(redis, name, key);
             async move { redis.pool().del::<i64, _>(key).await }
         });
-        for result in futures::future::join_all(deletes).await {
+        let mut failed = Vec::new();
+        for (key, result) in keys.iter().zip(futures::future::join_all(deletes).await) {
             if let Err(err) = result {
                 self.error("del", &err);
+                failed.push(key.clone());
             }
         }
         let channel = Self::channel(redis, name);
         if let Err(err) = redis.pool().next().publish::<i64, _, _>(channel, keys.join("\n")).await {
             self.error("publish", &err);
         }
+        failed
+    }
+
+    /// Keeps failed deletions for a retry task, reading around them meanwhile.
+    fn defer(&self, failed: Vec<String>) {
+        {
+            let mut pending = self.inner.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if pending.len() + failed.len() > MAX_PENDING {
+                tracing::warn!(
+                    cache = self.inner.settings.name,
+                    "too many undeleted keys; some may be served stale until their TTL"
+                );
+            } else {
+                pending.extend(failed);
+            }
+            self.inner.pending_count.store(pending.len(), Ordering::Relaxed);
+        }
+        if self.inner.retrying.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let cache = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RETRY_DELETES_EVERY).await;
+                let keys: Vec<String> =
+                    cache.inner.pending.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect();
+                let failed = cache.delete_from_redis(&keys).await;
+                let mut pending = cache.inner.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                for key in keys.iter().filter(|k| !failed.contains(k)) {
+                    pending.remove(key);
+                }
+                cache.inner.pending_count.store(pending.len(), Ordering::Relaxed);
+                if pending.is_empty() {
+                    cache.inner.retrying.store(false, Ordering::Release);
+                    return;
+                }
+            }
+        });
     }
 
     pub fn counts(&self) -> CacheCounts {

@@ -109,9 +109,17 @@ async fn reads_keep_answering_through_a_failover_and_without_the_cluster() {
     }
     assert_eq!(during.counts().l2_hits + during.counts().misses, 50);
 
-    // Its replica takes over: every key is readable again (the lost shard's copies were replicated).
-    eventually("the replica's promotion", || async { reader().get_many(&keys).await.iter().all(Option::is_some) })
-        .await;
+    // Half the keys are invalidated while their primary is dying: deletions on its slots fail.
+    writer.invalidate(&keys[..25]).await;
+    assert_eq!(writer.get_many(&keys[..25]).await, vec![None; 25], "read around until deleted");
+
+    // Its replica takes over: the other keys are readable again (their copies were replicated),
+    // and the invalidated ones never come back, as the writer retries their deletion.
+    eventually("the replica's promotion", || async {
+        let read = reader().get_many(&keys).await;
+        read[..25].iter().all(Option::is_none) && read[25..].iter().all(Option::is_some)
+    })
+    .await;
     cluster.wait_until_healthy().await.unwrap();
 
     // The whole cluster gone: reads are misses, quickly, and nothing fails.

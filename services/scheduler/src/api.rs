@@ -18,6 +18,7 @@ use alp_runtime::validate::{id, optional_id, page_size};
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::cache::{CachedMemory, CachedMemoryStates, SchedulerCaches, memory_key};
 use crate::downstream::{Downstream, LearnerProfile};
 use crate::error::SchedulerError;
 use crate::outbox::OutboxRelay;
@@ -39,11 +40,34 @@ pub struct SchedulerApi {
     store: SchedulerStore,
     downstream: Downstream,
     outbox: OutboxRelay,
+    caches: SchedulerCaches,
 }
 
 impl SchedulerApi {
-    pub fn new(store: SchedulerStore, downstream: Downstream, outbox: OutboxRelay) -> Self {
-        Self { store, downstream, outbox }
+    pub fn new(store: SchedulerStore, downstream: Downstream, outbox: OutboxRelay, caches: SchedulerCaches) -> Self {
+        Self { store, downstream, outbox, caches }
+    }
+
+    /// The learner's memory states in the course, soonest due first; from Redis when it has them.
+    async fn memory_states(&self, learner_id: &str, course_id: &str) -> Result<Vec<MemoryRow>, SchedulerError> {
+        let key = memory_key(learner_id, course_id);
+        if let Some(cached) = self.caches.memory.get(&key).await {
+            return Ok(cached.rows.into_iter().map(MemoryRow::from).collect());
+        }
+        let rows = self.store.memory_states(learner_id, course_id).await?;
+        self.caches.memory.put(&key, CachedMemoryStates { rows: rows.iter().map(CachedMemory::from).collect() }).await;
+        Ok(rows)
+    }
+
+    /// An attempt recorded before: from the cache, else the attempt log.
+    async fn recorded(&self, attempt_id: &str) -> Result<Option<Attempt>, SchedulerError> {
+        if let Some(attempt) = self.caches.attempts.get(attempt_id).await {
+            return Ok(Some(attempt));
+        }
+        let Some(row) = self.store.attempt(attempt_id).await? else { return Ok(None) };
+        let attempt = row.to_proto();
+        self.caches.attempts.put(attempt_id, attempt.clone()).await;
+        Ok(Some(attempt))
     }
 
     /// Desired retention of a learner enrolled in `course_id`; defaults when the user service
@@ -146,8 +170,7 @@ impl SchedulerService for SchedulerApi {
         let retention = self.enrolled_retention(&request.learner_id, &request.course_id).await?;
         let now = now_millis();
 
-        let states =
-            self.store.memory_states(&request.learner_id, &request.course_id).await.map_err(SchedulerError::from)?;
+        let states = self.memory_states(&request.learner_id, &request.course_id).await?;
         let answers = if mode == Mode::MockTest {
             self.store
                 .mock_test_answers(&request.learner_id, &request.mock_test_id)
@@ -319,8 +342,8 @@ impl SchedulerService for SchedulerApi {
             .into());
         }
 
-        // Fast path for a retry: the first answer, marked duplicate.
-        if let Some(existing) = self.store.attempt(&request.attempt_id).await.map_err(SchedulerError::from)? {
+        // Fast path for a retry (Redis first, then the log): the first answer, marked duplicate.
+        if let Some(existing) = self.recorded(&request.attempt_id).await? {
             return duplicate(existing, &request);
         }
 
@@ -399,15 +422,17 @@ impl SchedulerService for SchedulerApi {
         if !self.store.record(&attempt, &state, &event).await.map_err(SchedulerError::from)? {
             // A concurrent call with the same attempt id committed first.
             let existing = self
-                .store
-                .attempt(&request.attempt_id)
-                .await
-                .map_err(SchedulerError::from)?
+                .recorded(&request.attempt_id)
+                .await?
                 .ok_or_else(|| SchedulerError::FailedPrecondition("attempt vanished; retry".to_owned()))?;
             return duplicate(existing, &request);
         }
+        // Before answering, so the learner's next NextItems cannot see the state before this.
+        self.caches.memory.invalidate(&[memory_key(&request.learner_id, &item.course_id)]).await;
+        let recorded = attempt.to_proto();
+        self.caches.attempts.put(&request.attempt_id, recorded.clone()).await;
         self.outbox.wake();
-        Ok(Response::new(SubmitAttemptResponse { attempt: Some(attempt.to_proto()), duplicate: false }))
+        Ok(Response::new(SubmitAttemptResponse { attempt: Some(recorded), duplicate: false }))
     }
 
     async fn list_due_items(&self, request: Request<ListDueItemsRequest>) -> RpcResult<ListDueItemsResponse> {
@@ -500,9 +525,9 @@ impl SchedulerService for SchedulerApi {
 }
 
 /// The recorded answer for a retried attempt id, or a conflict when the id is reused.
-fn duplicate(existing: AttemptRow, request: &SubmitAttemptRequest) -> RpcResult<SubmitAttemptResponse> {
+fn duplicate(existing: Attempt, request: &SubmitAttemptRequest) -> RpcResult<SubmitAttemptResponse> {
     if existing.learner_id != request.learner_id || existing.item_id != request.item_id {
         return Err(SchedulerError::AttemptConflict(request.attempt_id.clone()).into());
     }
-    Ok(Response::new(SubmitAttemptResponse { attempt: Some(existing.to_proto()), duplicate: true }))
+    Ok(Response::new(SubmitAttemptResponse { attempt: Some(existing), duplicate: true }))
 }

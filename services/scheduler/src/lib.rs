@@ -1,6 +1,7 @@
 //! The scheduler: next-item selection, attempt submission, and the log of record of attempts.
 
 mod api;
+pub mod cache;
 mod downstream;
 mod error;
 mod outbox;
@@ -13,6 +14,7 @@ use alp_proto::scheduler::v1::scheduler_service_server::{self, SchedulerServiceS
 use alp_proto::scoring::v1::scoring_service_server::SERVICE_NAME as SCORING_SERVICE;
 use alp_runtime::clients::{ChannelConfig, check_serving, lazy_channel};
 use alp_runtime::db::{Database, DatabaseConfig, MigrationStep, PoolDefaults};
+use alp_runtime::redis::{Redis, RedisConfig};
 use alp_runtime::server::{self, Readiness, ServeError, ServerConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +25,9 @@ pub use error::SchedulerError;
 pub use store::{AttemptRow, ExportFilter, MemoryRow, SchedulerStore};
 
 pub const SERVICE_NAME: &str = scheduler_service_server::SERVICE_NAME;
+
+/// The service's keys in the shared cluster start with this.
+pub const REDIS_PREFIX: &str = "alp:scheduler";
 
 /// DESIGN.md §1: 100 open / 20 idle per pod.
 pub const POOL_DEFAULTS: PoolDefaults = PoolDefaults { max_connections: 100, min_connections: 20 };
@@ -52,6 +57,8 @@ pub const MIGRATIONS: &[MigrationStep] = &[
 pub struct SchedulerConfig {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
+    /// The shared Redis Cluster; None keeps caches in process.
+    pub redis: Option<RedisConfig>,
     pub content_address: String,
     pub scoring_address: String,
     pub user_address: String,
@@ -85,13 +92,16 @@ pub async fn serve_with_shutdown(
     let stop_relay = CancellationToken::new();
     let relay_task = tokio::spawn(relay.clone().run(stop_relay.clone()));
 
-    let api = SchedulerApi::new(store, downstream, relay);
+    let redis =
+        config.redis.as_ref().map(|r| Redis::connect(r, REDIS_PREFIX)).transpose().map_err(ServeError::Setup)?;
+    let api = SchedulerApi::new(store, downstream, relay, cache::SchedulerCaches::new(redis.clone()));
     let routes =
         Routes::new(SchedulerServiceServer::new(api).max_decoding_message_size(config.server.max_message_bytes));
     let readiness = Readiness::new()
         .with_database(db.clone())
         .with_check("content", move || check_serving(content.clone(), CONTENT_SERVICE))
-        .with_check("scoring", move || check_serving(scoring.clone(), SCORING_SERVICE));
+        .with_check("scoring", move || check_serving(scoring.clone(), SCORING_SERVICE))
+        .with_redis(redis);
     let result = server::run(SERVICE_NAME, routes, &config.server, listener, readiness, shutdown).await;
     stop_relay.cancel();
     let _ = relay_task.await;

@@ -78,3 +78,16 @@ pub async fn wait_serving(address: SocketAddr, service: &str) {
     }
     panic!("{service} at {address} never became SERVING");
 }
+
+/// A cache's (L1 hits, L2 hits, misses) so far, from the process's Prometheus recorder.
+pub fn cache_counts(handle: &metrics_exporter_prometheus::PrometheusHandle, cache: &str) -> (u64, u64, u64) {
+    let text = handle.render();
+    let count = |result: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("alp_cache_requests_total{"))
+            .filter(|l| l.contains(&format!("cache=\"{cache}\"")) && l.contains(&format!("result=\"{result}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    (count("l1_hit"), count("l2_hit"), count("miss"))
+}

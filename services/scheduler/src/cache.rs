@@ -1,0 +1,115 @@
+//! The scheduler's caches: each learner's memory states in a course (read by every NextItems)
+//! and recorded attempts (the idempotency fast path of SubmitAttempt).
+//!
+//! Memory states change with every answer and a learner may be served by any replica, so they
+//! skip the in-process level: a stale copy on another replica would offer the item just
+//! answered. They live in Redis alone, dropped by SubmitAttempt before it answers. Attempts never
+//! change once recorded, so both levels hold them.
+
+use std::time::Duration;
+
+use alp_proto::scheduler::v1::Attempt;
+use alp_runtime::cache::{Cache, CacheSettings};
+use alp_runtime::redis::Redis;
+
+use crate::store::MemoryRow;
+
+pub const MEMORY_CACHE: CacheSettings =
+    CacheSettings { name: "memory", l1_capacity: 0, l1_ttl: Duration::ZERO, l2_ttl: Duration::from_secs(600) };
+
+pub const ATTEMPT_CACHE: CacheSettings = CacheSettings {
+    name: "attempts",
+    l1_capacity: 20_000,
+    l1_ttl: Duration::from_secs(600),
+    l2_ttl: Duration::from_secs(24 * 3600),
+};
+
+/// The cached form of a learner's memory states in one course.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CachedMemoryStates {
+    #[prost(message, repeated, tag = "1")]
+    pub rows: Vec<CachedMemory>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CachedMemory {
+    #[prost(string, tag = "1")]
+    pub item_id: String,
+    #[prost(string, tag = "2")]
+    pub course_id: String,
+    #[prost(double, tag = "3")]
+    pub stability: f64,
+    #[prost(double, tag = "4")]
+    pub difficulty: f64,
+    #[prost(int64, tag = "5")]
+    pub last_review_ms: i64,
+    #[prost(int64, tag = "6")]
+    pub due_ms: i64,
+    #[prost(int32, tag = "7")]
+    pub last_rating: i32,
+    #[prost(int64, tag = "8")]
+    pub review_count: i64,
+    #[prost(int64, tag = "9")]
+    pub lapse_count: i64,
+    #[prost(int32, tag = "10")]
+    pub phase: i32,
+    #[prost(uint32, tag = "11")]
+    pub step: u32,
+    #[prost(double, optional, tag = "12")]
+    pub knowledge: Option<f64>,
+}
+
+impl From<&MemoryRow> for CachedMemory {
+    fn from(r: &MemoryRow) -> Self {
+        Self {
+            item_id: r.item_id.clone(),
+            course_id: r.course_id.clone(),
+            stability: r.stability,
+            difficulty: r.difficulty,
+            last_review_ms: r.last_review_ms,
+            due_ms: r.due_ms,
+            last_rating: r.last_rating,
+            review_count: r.review_count,
+            lapse_count: r.lapse_count,
+            phase: r.phase,
+            step: r.step,
+            knowledge: r.knowledge,
+        }
+    }
+}
+
+impl From<CachedMemory> for MemoryRow {
+    fn from(c: CachedMemory) -> Self {
+        Self {
+            item_id: c.item_id,
+            course_id: c.course_id,
+            stability: c.stability,
+            difficulty: c.difficulty,
+            last_review_ms: c.last_review_ms,
+            due_ms: c.due_ms,
+            last_rating: c.last_rating,
+            review_count: c.review_count,
+            lapse_count: c.lapse_count,
+            phase: c.phase,
+            step: c.step,
+            knowledge: c.knowledge,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulerCaches {
+    pub memory: Cache<CachedMemoryStates>,
+    pub attempts: Cache<Attempt>,
+}
+
+impl SchedulerCaches {
+    pub fn new(redis: Option<Redis>) -> Self {
+        Self { memory: Cache::new(MEMORY_CACHE, redis.clone()), attempts: Cache::new(ATTEMPT_CACHE, redis) }
+    }
+}
+
+/// One learner's keys share a hash tag, so they live in one slot.
+pub fn memory_key(learner_id: &str, course_id: &str) -> String {
+    format!("{{learner:{learner_id}}}:{course_id}")
+}
