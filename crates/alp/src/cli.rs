@@ -180,6 +180,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let service = args.service;
     let database = args.database.resolve(service.name(), service.pool_defaults())?;
     let server = ServerConfig::from(&args.server);
+    let redis = args.redis.config().map_err(anyhow::Error::msg)?;
     let channel = ChannelConfig { request_timeout: args.downstream_timeout, ..ChannelConfig::default() };
     let address = args.listen.unwrap_or_else(|| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), service.default_port()));
     let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
@@ -191,20 +192,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(async move { alp_runtime::metrics::serve(metrics_listener, stop.cancelled_owned()).await });
     }
     let result = match service {
-        Service::Content => {
-            let redis = args.redis.config().map_err(anyhow::Error::msg)?;
-            alp_content::serve(alp_content::ContentConfig { server, database, redis }, listener).await
-        }
+        Service::Content => alp_content::serve(alp_content::ContentConfig { server, database, redis }, listener).await,
         Service::User => {
             alp_user::serve(
-                alp_user::UserConfig { server, database, content_address: args.content_addr, channel },
+                alp_user::UserConfig { server, database, content_address: args.content_addr, channel, redis },
                 listener,
             )
             .await
         }
         Service::Scoring => {
             let policies = args.policies.policies().map_err(anyhow::Error::msg)?;
-            alp_scoring::serve(alp_scoring::ScoringConfig { server, database, policies }, listener).await
+            alp_scoring::serve(alp_scoring::ScoringConfig { server, database, policies, redis }, listener).await
         }
         Service::Scheduler => {
             alp_scheduler::serve(
@@ -215,7 +213,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     scoring_address: args.scoring_addr,
                     user_address: args.user_addr,
                     channel,
-                    redis: args.redis.config().map_err(anyhow::Error::msg)?,
+                    redis,
                 },
                 listener,
             )

@@ -206,6 +206,7 @@ pub async fn run(
                 database: databases.user.clone(),
                 content_address: url(addresses.content),
                 channel,
+                redis: redis.clone(),
             },
             listeners.user,
             signal(),
@@ -214,7 +215,12 @@ pub async fn run(
     tasks.spawn(named(
         "scoring",
         alp_scoring::serve_with_shutdown(
-            alp_scoring::ScoringConfig { server: server.clone(), database: databases.scoring.clone(), policies },
+            alp_scoring::ScoringConfig {
+                server: server.clone(),
+                database: databases.scoring.clone(),
+                policies,
+                redis: redis.clone(),
+            },
             listeners.scoring,
             signal(),
         ),

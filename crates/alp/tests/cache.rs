@@ -14,7 +14,9 @@ use alp_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
 use alp_proto::scheduler::v1::submit_attempt_request::Outcome;
 use alp_proto::scheduler::v1::{NextItemsRequest, SubmitAttemptRequest};
 use alp_proto::user::v1::user_service_client::UserServiceClient;
-use alp_proto::user::v1::{CreateLearnerRequest, EnrolLearnerRequest, Learner};
+use alp_proto::user::v1::{
+    CreateLearnerRequest, EnrolLearnerRequest, GetLearnerRequest, Learner, UpdateLearnerRequest,
+};
 use alp_runtime::cache::{Cache, CacheCounts};
 use alp_runtime::redis::{Redis, RedisConfig};
 use alp_runtime::testing::RedisCluster;
@@ -53,6 +55,22 @@ async fn scheduler_reads_memory_from_the_cache(
     let repeated = cache_counts(handle, "memory");
     assert_eq!(repeated.1, first.1 + 3, "repeats come from Redis");
     assert_eq!(repeated.2, first.2, "and do not query the database");
+
+    // Around it, the learner's profile (user) and item difficulties (scoring) come from caches.
+    let learners = cache_counts(handle, "learners");
+    let calibration = cache_counts(handle, "calibration");
+    scheduler.next_items(next()).await.unwrap();
+    assert!(cache_counts(handle, "learners").0 > learners.0, "the profile from the user service's cache");
+    assert_eq!(cache_counts(handle, "learners").2, learners.2);
+    assert!(cache_counts(handle, "calibration").0 > calibration.0, "difficulties from scoring's cache");
+    let models = cache_counts(handle, "learner_models");
+    scheduler.next_items(next()).await.unwrap();
+    assert_eq!(cache_counts(handle, "learner_models").1, models.1 + 1, "the learner's model from Redis");
+    let renamed = Learner { learner_id: "cacher".into(), display_name: "Renamed".into(), ..Default::default() };
+    let mask = prost_types::FieldMask { paths: vec!["display_name".into()] };
+    user.update_learner(UpdateLearnerRequest { learner: Some(renamed), update_mask: Some(mask) }).await.unwrap();
+    let fetched = user.get_learner(GetLearnerRequest { learner_id: "cacher".into() }).await.unwrap().into_inner();
+    assert_eq!(fetched.learner.unwrap().display_name, "Renamed", "an update is never served stale");
 
     let submit = SubmitAttemptRequest {
         attempt_id: "cacher-1".into(),

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use alp_proto::common::v1::{MemoryPhase, MemoryState as MemoryProto, MockTestEstimate, Mode, Rating};
 use alp_proto::scoring::v1::scoring_service_server::ScoringService;
 use alp_proto::scoring::v1::*;
+use alp_runtime::redis::Redis;
 use alp_runtime::time::{duration, millis, now_millis, timestamp};
 use alp_runtime::validate::{count, id};
 use fsrs::MemoryState;
 use tonic::{Request, Response, Status};
 
+use crate::cache::ScoringCaches;
 use crate::error::ScoringError;
 use crate::fitter::Fitter;
 use crate::model::ability::{self, TestResponse};
@@ -23,6 +25,7 @@ use crate::validate;
 #[derive(Clone)]
 pub struct ScoringApi {
     store: ScoringStore,
+    caches: ScoringCaches,
     /// FSRS-6 with the default parameters, for learners without a kept fit of their own.
     default_memory: Arc<MemoryModel>,
     fitter: Fitter,
@@ -37,9 +40,11 @@ impl std::fmt::Debug for ScoringApi {
 }
 
 impl ScoringApi {
-    pub fn new(store: ScoringStore, policies: crate::Policies) -> Self {
+    pub fn new(store: ScoringStore, policies: crate::Policies, redis: Option<Redis>) -> Self {
+        let caches = ScoringCaches::new(redis);
         Self {
-            fitter: Fitter::new(store.clone(), policies.fitting),
+            fitter: Fitter::new(store.clone(), policies.fitting, caches.clone()),
+            caches,
             store,
             default_memory: Arc::new(MemoryModel::default()),
             ranking: Arc::new(policies.ranking),
@@ -48,9 +53,8 @@ impl ScoringApi {
     }
 
     /// The learner's memory model: their own fitted parameters when kept, else the defaults.
-    async fn learner_memory(&self, learner_id: &str) -> Result<(Arc<MemoryModel>, Option<StoredFit>), ScoringError> {
-        let fit = self.store.parameter_fit(learner_id).await?;
-        let memory = match &fit {
+    fn learner_memory(&self, learner_id: &str, fit: Option<&StoredFit>) -> Arc<MemoryModel> {
+        match fit {
             Some(f) if f.kept => match MemoryModel::with_parameters(&f.parameters) {
                 Ok(model) => Arc::new(model),
                 Err(err) => {
@@ -59,14 +63,7 @@ impl ScoringApi {
                 }
             },
             _ => self.default_memory.clone(),
-        };
-        Ok((memory, fit))
-    }
-
-    /// The target success for the learner's next new items.
-    async fn target_success(&self, learner_id: &str) -> Result<f64, ScoringError> {
-        let target = self.store.practice_target(learner_id).await?;
-        Ok(self.ranking.effective_target(target.map_or(0.0, |t| t.correction)))
+        }
     }
 }
 
@@ -123,18 +120,19 @@ impl ScoringService for ScoringApi {
             Some(t) => millis("now", t).map_err(ScoringError::from)?,
             None => now_millis(),
         };
-        let abilities = self.store.abilities(&request.learner_id).await.map_err(ScoringError::from)?;
+        let learner = self.caches.learner(&self.store, &request.learner_id).await?;
+        let abilities = &learner.abilities;
         let item_ids: Vec<String> = request
             .candidates
             .iter()
             .map(|c| c.item_id.clone())
             .chain(request.mock_test_answers.iter().map(|a| a.item_id.clone()))
             .collect();
-        let calibration = self.store.calibration(&item_ids).await.map_err(ScoringError::from)?;
+        let calibration = self.caches.calibration(&self.store, &item_ids).await?;
         let difficulty = |item_id: &str, initial: f64| calibration.get(item_id).map_or(initial, |e| e.value);
         let graph: HashMap<String, Vec<String>> =
             request.skill_graph.iter().map(|s| (s.skill_id.clone(), s.prerequisite_skill_ids.clone())).collect();
-        let unmet = self.ranking.unmet_prerequisites(&graph, &abilities);
+        let unmet = self.ranking.unmet_prerequisites(&graph, abilities);
 
         let mut states = Vec::with_capacity(request.candidates.len());
         for (i, c) in request.candidates.iter().enumerate() {
@@ -161,7 +159,7 @@ impl ScoringService for ScoringApi {
                 item_id: c.item_id.clone(),
                 skill_ids: c.skill_ids.clone(),
                 seen,
-                ability: ability::item_ability(&abilities, &c.skill_ids),
+                ability: ability::item_ability(abilities, &c.skill_ids),
                 difficulty: difficulty(&c.item_id, c.initial_difficulty),
                 guess: ability::guess(c.choice_count),
                 blocked_by,
@@ -191,7 +189,7 @@ impl ScoringService for ScoringApi {
                 .collect();
             skills.sort();
             skills.dedup();
-            let prior = ability::item_ability(&abilities, &skills);
+            let prior = ability::item_ability(abilities, &skills);
             let (state, ranked) =
                 mock_test::next_items(&self.mock_test, &answers, &states, request.count as usize, prior);
             return Ok(Response::new(ScoreCandidatesResponse {
@@ -208,12 +206,12 @@ impl ScoringService for ScoringApi {
 
         // Only practice offers new items, the one thing the target decides.
         let target_success = if mode == Mode::Practice {
-            self.target_success(&request.learner_id).await?
+            self.ranking.effective_target(learner.practice.map_or(0.0, |t| t.correction))
         } else {
             self.ranking.target_success
         };
         let situation = Situation { now_ms: now, desired_retention: retention, target_success };
-        let (memory, _) = self.learner_memory(&request.learner_id).await?;
+        let memory = self.learner_memory(&request.learner_id, learner.fit.as_ref());
         let items = ranking::rank(&self.ranking, &memory, &states, mode, request.count as usize, situation)
             .into_iter()
             .map(scored)
@@ -254,8 +252,10 @@ impl ScoringService for ScoringApi {
             return replay(applied, &request);
         }
 
+        // The update is computed from the database, not from a cached copy.
         let abilities = self.store.abilities(&request.learner_id).await.map_err(ScoringError::from)?;
-        let (memory, fit) = self.learner_memory(&request.learner_id).await?;
+        let fit = self.store.parameter_fit(&request.learner_id).await.map_err(ScoringError::from)?;
+        let memory = self.learner_memory(&request.learner_id, fit.as_ref());
         let calibration =
             self.store.calibration(std::slice::from_ref(&request.item_id)).await.map_err(ScoringError::from)?;
         let item = calibration.get(&request.item_id).copied();
@@ -351,6 +351,7 @@ impl ScoringService for ScoringApi {
                 .ok_or_else(|| ScoringError::Model("applied attempt vanished".to_owned()))?;
             return replay(applied, &request);
         };
+        self.caches.learner_changed(&request.learner_id).await;
         self.fitter.fit_if_due(&request.learner_id, reviews, fit.as_ref().map(|f| f.reviews));
         Ok(Response::new(effects.response))
     }
@@ -363,7 +364,8 @@ impl ScoringService for ScoringApi {
             Some(t) => millis("at", t).map_err(ScoringError::from)?,
             None => now_millis(),
         };
-        let (memory, _) = self.learner_memory(&request.learner_id).await?;
+        let learner = self.caches.learner(&self.store, &request.learner_id).await?;
+        let memory = self.learner_memory(&request.learner_id, learner.fit.as_ref());
         let mut predictions = Vec::with_capacity(request.queries.len());
         for (i, query) in request.queries.iter().enumerate() {
             validate::recall_query(i, query).map_err(ScoringError::from)?;
@@ -380,15 +382,17 @@ impl ScoringService for ScoringApi {
     async fn get_learner_model(&self, request: Request<GetLearnerModelRequest>) -> RpcResult<GetLearnerModelResponse> {
         let request = request.into_inner();
         id("learner_id", &request.learner_id).map_err(ScoringError::from)?;
-        let abilities = self.store.abilities(&request.learner_id).await.map_err(ScoringError::from)?;
-        let mut skills: Vec<SkillAbility> = abilities
+        let learner = self.caches.learner(&self.store, &request.learner_id).await?;
+        let mut skills: Vec<SkillAbility> = learner
+            .abilities
             .into_iter()
             .map(|(skill_id, e)| SkillAbility { skill_id, ability: e.value, attempt_count: e.attempts })
             .collect();
         skills.sort_by(|a, b| a.skill_id.cmp(&b.skill_id));
         let attempt_count = self.store.attempt_count(&request.learner_id).await.map_err(ScoringError::from)?;
-        let practice = self.store.practice_target(&request.learner_id).await.map_err(ScoringError::from)?;
-        let (memory, fit) = self.learner_memory(&request.learner_id).await?;
+        let practice = learner.practice;
+        let fit = learner.fit;
+        let memory = self.learner_memory(&request.learner_id, fit.as_ref());
         Ok(Response::new(GetLearnerModelResponse {
             model: Some(LearnerModel {
                 learner_id: request.learner_id,

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use alp_runtime::time::now_millis;
 use tokio::sync::Semaphore;
 
+use crate::cache::ScoringCaches;
 use crate::error::ScoringError;
 use crate::model::fitting::{self, FitError};
 use crate::store::{ScoringStore, StoredFit};
@@ -55,6 +56,7 @@ impl FitPolicy {
 #[derive(Debug, Clone)]
 pub struct Fitter {
     store: ScoringStore,
+    caches: ScoringCaches,
     policy: FitPolicy,
     /// Learners with a background fit under way.
     running: Arc<Mutex<HashSet<String>>>,
@@ -65,8 +67,8 @@ pub struct Fitter {
 }
 
 impl Fitter {
-    pub fn new(store: ScoringStore, policy: FitPolicy) -> Self {
-        Self { store, policy, running: Arc::default(), short: Arc::default(), cpu: Arc::new(Semaphore::new(1)) }
+    pub fn new(store: ScoringStore, policy: FitPolicy, caches: ScoringCaches) -> Self {
+        Self { store, caches, policy, running: Arc::default(), short: Arc::default(), cpu: Arc::new(Semaphore::new(1)) }
     }
 
     /// Starts a background fit for a learner with `reviews` reviews, last fitted at
@@ -130,6 +132,7 @@ impl Fitter {
             fit_time_ms: now_millis(),
         };
         self.store.save_fit(learner_id, &stored).await?;
+        self.caches.learner_changed(learner_id).await;
         Ok(stored)
     }
 }

@@ -1,6 +1,7 @@
 //! The scoring service: FSRS-6 memory, Elo/Rasch ability and difficulty, candidate ranking.
 
 mod api;
+pub mod cache;
 mod error;
 pub mod fitter;
 pub mod model;
@@ -11,6 +12,7 @@ use std::future::Future;
 
 use alp_proto::scoring::v1::scoring_service_server::{self, ScoringServiceServer};
 use alp_runtime::db::{Database, DatabaseConfig, MigrationStep, PoolDefaults};
+use alp_runtime::redis::{Redis, RedisConfig};
 use alp_runtime::server::{self, Readiness, ServeError, ServerConfig};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -54,7 +56,12 @@ pub struct ScoringConfig {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub policies: Policies,
+    /// The shared Redis Cluster; None keeps caches in process.
+    pub redis: Option<RedisConfig>,
 }
+
+/// The service's keys in the shared cluster start with this.
+pub const REDIS_PREFIX: &str = "alp:scoring";
 
 /// How items are chosen (the practice ranking, the mock-test stopping rule) and when learners'
 /// own memory parameters are fitted.
@@ -160,9 +167,11 @@ pub async fn serve_with_shutdown(
     config.policies.validate().map_err(ServeError::Setup)?;
     let db = Database::connect(&config.database).await?;
     db.ensure_migrated("scoring", MIGRATIONS).await?;
-    let api = ScoringApi::new(ScoringStore::new(db.clone()), config.policies.clone());
+    let redis =
+        config.redis.as_ref().map(|r| Redis::connect(r, REDIS_PREFIX)).transpose().map_err(ServeError::Setup)?;
+    let api = ScoringApi::new(ScoringStore::new(db.clone()), config.policies.clone(), redis.clone());
     let routes = Routes::new(ScoringServiceServer::new(api).max_decoding_message_size(config.server.max_message_bytes));
-    let readiness = Readiness::new().with_database(db.clone());
+    let readiness = Readiness::new().with_database(db.clone()).with_redis(redis);
     let result = server::run(SERVICE_NAME, routes, &config.server, listener, readiness, shutdown).await;
     db.close().await;
     result

@@ -4,7 +4,11 @@ use alp_proto::content::v1::GetCourseRequest;
 use alp_proto::content::v1::content_service_client::ContentServiceClient;
 use alp_proto::user::v1::user_service_server::UserService;
 use alp_proto::user::v1::*;
+use std::time::Duration;
+
+use alp_runtime::cache::{Cache, CacheSettings};
 use alp_runtime::page;
+use alp_runtime::redis::Redis;
 use alp_runtime::validate::{id, page_size};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
@@ -17,15 +21,62 @@ use crate::validate;
 pub struct UserApi {
     store: UserStore,
     content: ContentServiceClient<Channel>,
+    learners: Cache<Learner>,
+    progress: Cache<GetProgressResponse>,
 }
 
+/// Profiles are read on every NextItems (retention, enrolments) and change rarely.
+pub const LEARNER_CACHE: CacheSettings = CacheSettings {
+    name: "learners",
+    l1_capacity: 100_000,
+    l1_ttl: Duration::from_secs(60),
+    l2_ttl: Duration::from_secs(3600),
+};
+
+/// Progress lags attempts by design (it arrives through the scheduler's outbox), so a copy a
+/// few seconds old on another replica is within what callers already see.
+pub const PROGRESS_CACHE: CacheSettings = CacheSettings {
+    name: "progress",
+    l1_capacity: 100_000,
+    l1_ttl: Duration::from_secs(30),
+    l2_ttl: Duration::from_secs(600),
+};
+
 impl UserApi {
-    pub fn new(store: UserStore, content: Channel) -> Self {
-        Self { store, content: ContentServiceClient::new(content) }
+    pub fn new(store: UserStore, content: Channel, redis: Option<Redis>) -> Self {
+        Self {
+            store,
+            content: ContentServiceClient::new(content),
+            learners: Cache::new(LEARNER_CACHE, redis.clone()),
+            progress: Cache::new(PROGRESS_CACHE, redis),
+        }
     }
 
     async fn learner(&self, learner_id: &str) -> std::result::Result<Learner, UserError> {
-        self.store.get_learner(learner_id).await?.ok_or_else(|| UserError::not_found("learner", learner_id))
+        if let Some(learner) = self.learners.get(learner_id).await {
+            return Ok(learner);
+        }
+        let learner =
+            self.store.get_learner(learner_id).await?.ok_or_else(|| UserError::not_found("learner", learner_id))?;
+        self.learners.put(learner_id, learner.clone()).await;
+        Ok(learner)
+    }
+
+    /// Progress in every course the learner is enrolled in.
+    async fn all_progress(&self, learner_id: &str) -> std::result::Result<Vec<CourseProgress>, UserError> {
+        if let Some(cached) = self.progress.get(learner_id).await {
+            return Ok(cached.courses);
+        }
+        let courses = self.store.progress(learner_id, "").await?;
+        let value = GetProgressResponse { learner_id: learner_id.to_owned(), courses: courses.clone() };
+        self.progress.put(learner_id, value).await;
+        Ok(courses)
+    }
+
+    async fn changed(&self, learner_id: &str) {
+        let key = [learner_id.to_owned()];
+        self.learners.invalidate(&key).await;
+        self.progress.invalidate(&key).await;
     }
 }
 
@@ -79,6 +130,7 @@ impl UserService for UserApi {
             .await
             .map_err(UserError::from)?
             .ok_or_else(|| UserError::not_found("learner", &learner.learner_id))?;
+        self.changed(&learner.learner_id).await;
         Ok(Response::new(UpdateLearnerResponse { learner: Some(updated) }))
     }
 
@@ -88,6 +140,7 @@ impl UserService for UserApi {
         if !self.store.delete_learner(&request.learner_id).await.map_err(UserError::from)? {
             return Err(UserError::not_found("learner", &request.learner_id).into());
         }
+        self.changed(&request.learner_id).await;
         Ok(Response::new(DeleteLearnerResponse {}))
     }
 
@@ -114,6 +167,9 @@ impl UserService for UserApi {
             Err(status) => return Err(UserError::Content(status).into()),
         }
         let (enrolment, already_enrolled) = self.store.enrol(&request.learner_id, &request.course_id).await?;
+        if !already_enrolled {
+            self.changed(&request.learner_id).await;
+        }
         Ok(Response::new(EnrolLearnerResponse { enrolment: Some(enrolment), already_enrolled }))
     }
 
@@ -129,7 +185,12 @@ impl UserService for UserApi {
             }
             .into());
         }
-        let courses = self.store.progress(&request.learner_id, &request.course_id).await.map_err(UserError::from)?;
+        let courses = self
+            .all_progress(&request.learner_id)
+            .await?
+            .into_iter()
+            .filter(|c| request.course_id.is_empty() || c.course_id == request.course_id)
+            .collect();
         Ok(Response::new(GetProgressResponse { learner_id: request.learner_id, courses }))
     }
 
@@ -137,6 +198,10 @@ impl UserService for UserApi {
         let request = request.into_inner();
         validate::events(&request.events).map_err(UserError::from)?;
         let outcome = self.store.record_progress(&request.events).await.map_err(UserError::from)?;
+        let mut learners: Vec<String> = request.events.iter().map(|e| e.learner_id.clone()).collect();
+        learners.sort();
+        learners.dedup();
+        self.progress.invalidate(&learners).await;
         Ok(Response::new(RecordProgressResponse {
             applied_count: outcome.applied,
             duplicate_count: outcome.duplicates,

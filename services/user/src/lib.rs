@@ -10,6 +10,7 @@ use std::future::Future;
 use alp_proto::user::v1::user_service_server::{self, UserServiceServer};
 use alp_runtime::clients::{ChannelConfig, lazy_channel};
 use alp_runtime::db::{Database, DatabaseConfig, MigrationStep, PoolDefaults};
+use alp_runtime::redis::{Redis, RedisConfig};
 use alp_runtime::server::{self, Readiness, ServeError, ServerConfig};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -37,7 +38,12 @@ pub struct UserConfig {
     /// The content service, asked whether a course exists on enrolment.
     pub content_address: String,
     pub channel: ChannelConfig,
+    /// The shared Redis Cluster; None keeps caches in process.
+    pub redis: Option<RedisConfig>,
 }
+
+/// The service's keys in the shared cluster start with this.
+pub const REDIS_PREFIX: &str = "alp:user";
 
 pub async fn serve(config: UserConfig, listener: TcpListener) -> Result<(), ServeError> {
     serve_with_shutdown(config, listener, alp_runtime::shutdown::signal()).await
@@ -54,9 +60,11 @@ pub async fn serve_with_shutdown(
         .map_err(|e| ServeError::Setup(e.to_string()))?;
     let db = Database::connect(&config.database).await?;
     db.ensure_migrated("user", MIGRATIONS).await?;
-    let api = UserApi::new(UserStore::new(db.clone()), content);
+    let redis =
+        config.redis.as_ref().map(|r| Redis::connect(r, REDIS_PREFIX)).transpose().map_err(ServeError::Setup)?;
+    let api = UserApi::new(UserStore::new(db.clone()), content, redis.clone());
     let routes = Routes::new(UserServiceServer::new(api).max_decoding_message_size(config.server.max_message_bytes));
-    let readiness = Readiness::new().with_database(db.clone());
+    let readiness = Readiness::new().with_database(db.clone()).with_redis(redis);
     let result = server::run(SERVICE_NAME, routes, &config.server, listener, readiness, shutdown).await;
     db.close().await;
     result

@@ -1,0 +1,219 @@
+//! Scoring's caches: item difficulty (read for every candidate of every ranking) and each
+//! learner's state (abilities, practice target, fitted parameters; read by every ranking).
+//!
+//! Item difficulty is not invalidated: it drifts by small Elo steps and is written as deltas
+//! in the database, so the cache only bounds how old a ranking's view may be (10 s in memory, a
+//! minute in Redis); ApplyAttempt reads the database. A learner's state changes with their
+//! answers and may be read on any replica, so it lives in Redis alone, dropped by ApplyAttempt
+//! and by each fit.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use alp_runtime::cache::{Cache, CacheSettings};
+use alp_runtime::redis::Redis;
+
+use crate::error::ScoringError;
+use crate::store::{Estimate, PracticeTarget, ScoringStore, StoredFit};
+
+pub const CALIBRATION_CACHE: CacheSettings = CacheSettings {
+    name: "calibration",
+    l1_capacity: 200_000,
+    l1_ttl: Duration::from_secs(10),
+    l2_ttl: Duration::from_secs(60),
+};
+
+pub const LEARNER_CACHE: CacheSettings =
+    CacheSettings { name: "learner_models", l1_capacity: 0, l1_ttl: Duration::ZERO, l2_ttl: Duration::from_secs(600) };
+
+/// An item's calibration as cached; `calibrated` false: no first attempt yet (the content's
+/// initial difficulty applies).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CachedCalibration {
+    #[prost(bool, tag = "1")]
+    pub calibrated: bool,
+    #[prost(double, tag = "2")]
+    pub difficulty: f64,
+    #[prost(int64, tag = "3")]
+    pub attempts: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CachedLearner {
+    #[prost(message, repeated, tag = "1")]
+    pub skills: Vec<CachedSkill>,
+    #[prost(message, optional, tag = "2")]
+    pub practice: Option<CachedPractice>,
+    #[prost(message, optional, tag = "3")]
+    pub fit: Option<CachedFit>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CachedSkill {
+    #[prost(string, tag = "1")]
+    pub skill_id: String,
+    #[prost(double, tag = "2")]
+    pub ability: f64,
+    #[prost(int64, tag = "3")]
+    pub attempts: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CachedPractice {
+    #[prost(double, tag = "1")]
+    pub correction: f64,
+    #[prost(double, tag = "2")]
+    pub rolling_success: f64,
+    #[prost(int64, tag = "3")]
+    pub first_attempts: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CachedFit {
+    #[prost(float, repeated, tag = "1")]
+    pub parameters: Vec<f32>,
+    #[prost(bool, tag = "2")]
+    pub kept: bool,
+    #[prost(int64, tag = "3")]
+    pub reviews: i64,
+    #[prost(int64, tag = "4")]
+    pub holdout_reviews: i64,
+    #[prost(double, tag = "5")]
+    pub default_log_loss: f64,
+    #[prost(double, tag = "6")]
+    pub fitted_log_loss: f64,
+    #[prost(int64, tag = "7")]
+    pub attempt_count: i64,
+    #[prost(int64, tag = "8")]
+    pub fit_time_ms: i64,
+}
+
+/// What scoring knows of one learner.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LearnerState {
+    pub abilities: HashMap<String, Estimate>,
+    pub practice: Option<PracticeTarget>,
+    pub fit: Option<StoredFit>,
+}
+
+impl From<&LearnerState> for CachedLearner {
+    fn from(s: &LearnerState) -> Self {
+        Self {
+            skills: s
+                .abilities
+                .iter()
+                .map(|(k, e)| CachedSkill { skill_id: k.clone(), ability: e.value, attempts: e.attempts })
+                .collect(),
+            practice: s.practice.map(|p| CachedPractice {
+                correction: p.correction,
+                rolling_success: p.rolling_success,
+                first_attempts: p.first_attempts,
+            }),
+            fit: s.fit.as_ref().map(|f| CachedFit {
+                parameters: f.parameters.clone(),
+                kept: f.kept,
+                reviews: f.reviews,
+                holdout_reviews: f.holdout_reviews,
+                default_log_loss: f.default_log_loss,
+                fitted_log_loss: f.fitted_log_loss,
+                attempt_count: f.attempt_count,
+                fit_time_ms: f.fit_time_ms,
+            }),
+        }
+    }
+}
+
+impl From<CachedLearner> for LearnerState {
+    fn from(c: CachedLearner) -> Self {
+        Self {
+            abilities: c
+                .skills
+                .into_iter()
+                .map(|s| (s.skill_id, Estimate { value: s.ability, attempts: s.attempts }))
+                .collect(),
+            practice: c.practice.map(|p| PracticeTarget {
+                correction: p.correction,
+                rolling_success: p.rolling_success,
+                first_attempts: p.first_attempts,
+            }),
+            fit: c.fit.map(|f| StoredFit {
+                parameters: f.parameters,
+                kept: f.kept,
+                reviews: f.reviews,
+                holdout_reviews: f.holdout_reviews,
+                default_log_loss: f.default_log_loss,
+                fitted_log_loss: f.fitted_log_loss,
+                attempt_count: f.attempt_count,
+                fit_time_ms: f.fit_time_ms,
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ScoringCaches {
+    calibration: Cache<CachedCalibration>,
+    learners: Cache<CachedLearner>,
+}
+
+impl ScoringCaches {
+    pub fn new(redis: Option<Redis>) -> Self {
+        Self { calibration: Cache::new(CALIBRATION_CACHE, redis.clone()), learners: Cache::new(LEARNER_CACHE, redis) }
+    }
+
+    /// Calibrated difficulties of the items that have any.
+    pub async fn calibration(
+        &self,
+        store: &ScoringStore,
+        item_ids: &[String],
+    ) -> Result<HashMap<String, Estimate>, ScoringError> {
+        let cached = self.calibration.get_many(item_ids).await;
+        let mut found = HashMap::with_capacity(item_ids.len());
+        let mut missing = Vec::new();
+        for (id, entry) in item_ids.iter().zip(cached) {
+            match entry {
+                Some(c) if c.calibrated => {
+                    found.insert(id.clone(), Estimate { value: c.difficulty, attempts: c.attempts });
+                }
+                Some(_) => {}
+                None => missing.push(id.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            let fetched = store.calibration(&missing).await?;
+            let entries: Vec<(String, CachedCalibration)> = missing
+                .iter()
+                .map(|id| {
+                    let entry = fetched.get(id).map_or(CachedCalibration::default(), |e| CachedCalibration {
+                        calibrated: true,
+                        difficulty: e.value,
+                        attempts: e.attempts,
+                    });
+                    (id.clone(), entry)
+                })
+                .collect();
+            self.calibration.put_many(&entries).await;
+            found.extend(fetched);
+        }
+        Ok(found)
+    }
+
+    /// The learner's state as of their last applied attempt.
+    pub async fn learner(&self, store: &ScoringStore, learner_id: &str) -> Result<LearnerState, ScoringError> {
+        if let Some(cached) = self.learners.get(learner_id).await {
+            return Ok(cached.into());
+        }
+        let state = LearnerState {
+            abilities: store.abilities(learner_id).await?,
+            practice: store.practice_target(learner_id).await?,
+            fit: store.parameter_fit(learner_id).await?,
+        };
+        self.learners.put(learner_id, CachedLearner::from(&state)).await;
+        Ok(state)
+    }
+
+    /// After the learner's state changed in the database.
+    pub async fn learner_changed(&self, learner_id: &str) {
+        self.learners.invalidate(&[learner_id.to_owned()]).await;
+    }
+}
