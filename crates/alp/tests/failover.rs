@@ -185,7 +185,7 @@ async fn a_primary_dies_under_load_and_no_attempt_is_lost_or_doubled() {
     }
 
     let tally = Arc::try_unwrap(tally).unwrap().into_inner().unwrap();
-    eprintln!(
+    let report = format!(
         "failover: replica promoted after {promoted:?}; {} calls ({during} after the kill), failed and retried: {:?}, \
          given up: {}, slowest call {:?}, {} attempts acknowledged",
         tally.calls,
@@ -194,6 +194,9 @@ async fn a_primary_dies_under_load_and_no_attempt_is_lost_or_doubled() {
         tally.slowest,
         tally.acknowledged.len()
     );
+    eprintln!("{report}");
+    // The test command prints it: a passing test's output is otherwise hidden.
+    std::fs::write(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("failover-report.txt"), &report).unwrap();
     assert_eq!(tally.gave_up, 0, "every call succeeded within its retries");
 
     // Back on the cache by itself: a repeated NextItems is answered from Redis again.

@@ -619,14 +619,24 @@ async fn every_rpc(running: Running) {
     running.shutdown().await;
 }
 
+/// The embedded set-up of `alp dev`: SQLite, caches in process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_works_over_grpc_on_sqlite() {
     every_rpc(common::start_sqlite().await).await;
 }
 
+/// The production set-up: PostgreSQL and a 6-node Redis Cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_rpc_works_over_grpc_on_postgres() {
+async fn every_rpc_works_over_grpc_on_postgres_and_redis() {
     let Some(admin) = alp_runtime::testing::postgres_admin_url() else { return };
+    let Some(cluster) = alp_runtime::testing::RedisCluster::start().await else { return };
     let databases = common::postgres_databases(&admin).await;
-    every_rpc(common::start(databases, None).await).await;
+    let redis = alp_runtime::redis::RedisConfig::for_nodes(&cluster.seeds()).unwrap();
+    let settings = alp::suite::Settings {
+        server: common::test_server_config(),
+        redis: Some(redis),
+        ..alp::suite::Settings::default()
+    };
+    every_rpc(common::start_with(databases, None, settings).await).await;
+    drop(cluster);
 }
