@@ -199,5 +199,19 @@ async fn the_suite_reads_through_the_cache_and_never_serves_a_stale_copy() {
     content.upsert_items(UpsertItemsRequest { items: vec![fresh] }).await.unwrap();
     let read = content.get_item(GetItemRequest { item_id: "cached-2".into() }).await.unwrap().into_inner();
     assert_eq!(read.item.unwrap().prompt, "written while Redis is down");
+    // Practice goes on from the databases.
+    let mut scheduler = SchedulerServiceClient::new(channel(running.addresses.scheduler));
+    let next =
+        NextItemsRequest { learner_id: "cacher".into(), course_id: "cache".into(), count: 3, ..Default::default() };
+    let offered = scheduler.next_items(next).await.unwrap().into_inner();
+    assert!(!offered.items.is_empty() && !offered.degraded, "{offered:?}");
+    let submit = SubmitAttemptRequest {
+        attempt_id: "cacher-2".into(),
+        learner_id: "cacher".into(),
+        item_id: offered.items[0].item_id.clone(),
+        outcome: Some(Outcome::Correct(true)),
+        ..Default::default()
+    };
+    assert!(!scheduler.submit_attempt(submit).await.unwrap().into_inner().duplicate);
     running.shutdown().await;
 }

@@ -164,6 +164,15 @@ async fn content_rpcs(c: &mut Clients) {
 
     let retired = c.content.retire_item(RetireItemRequest { item_id: "new-ok".into() }).await.unwrap().into_inner();
     assert!(retired.item.unwrap().retired);
+    // The course's item list was read (and cached) above: the retired item leaves it at once.
+    let listed = c
+        .content
+        .list_items(ListItemsRequest { course_id: "arithmetic".into(), page_size: 100, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.items.len(), 14);
+    assert!(listed.items.iter().all(|i| i.item_id != "new-ok"));
 
     let hits = c
         .content

@@ -18,11 +18,61 @@ use crate::validate;
 pub struct ContentApi {
     store: ContentStore,
     items: Cache<Item>,
+    course_items: Cache<CourseItemIds>,
+}
+
+/// A course's items in service, in id order: what the scheduler pages through for new items.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CourseItemIds {
+    #[prost(string, repeated, tag = "1")]
+    pub item_ids: Vec<String>,
 }
 
 impl ContentApi {
     pub fn new(store: ContentStore, redis: Option<Redis>) -> Self {
-        Self { store, items: Cache::new(ITEM_CACHE, redis) }
+        Self {
+            store,
+            items: Cache::new(ITEM_CACHE, redis.clone()),
+            course_items: Cache::new(COURSE_ITEMS_CACHE, redis),
+        }
+    }
+
+    /// A page of a course's items in service, after `after`, from the caches where they can,
+    /// with the next page token (paging follows the id list, so an item dropped from the page
+    /// by a concurrent write cannot end it early).
+    async fn live_items_page(
+        &self,
+        course_id: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<(Vec<Item>, String), ContentError> {
+        let ids = match self.course_items.get(course_id).await {
+            Some(cached) => cached.item_ids,
+            None => {
+                let ids = self.store.live_item_ids(course_id).await?;
+                self.course_items.put(course_id, CourseItemIds { item_ids: ids.clone() }).await;
+                ids
+            }
+        };
+        let start = ids.partition_point(|id| id.as_str() <= after);
+        let page: Vec<String> = ids.into_iter().skip(start).take(limit as usize).collect();
+        let next = page::next_token(&page, limit, Clone::clone);
+        let mut items = self.items(&page).await?;
+        // Written between the two reads: keep to the page's order, and to items still in service.
+        items.retain(|i| !i.retired && i.course_id == course_id);
+        items.sort_by(|a, b| a.item_id.cmp(&b.item_id));
+        Ok((items, next))
+    }
+
+    /// Drops the cached copies a write of these items makes stale: the items, and the item
+    /// lists of the courses they were and are in.
+    async fn items_changed(&self, before: &[Item], after: &[Item]) {
+        let ids: Vec<String> = after.iter().map(|i| i.item_id.clone()).collect();
+        self.items.invalidate(&ids).await;
+        let mut courses: Vec<String> = before.iter().chain(after).map(|i| i.course_id.clone()).collect();
+        courses.sort();
+        courses.dedup();
+        self.course_items.invalidate(&courses).await;
     }
 
     /// The items that exist among `ids`, from the cache where it has them.
@@ -45,6 +95,14 @@ impl ContentApi {
 pub const ITEM_CACHE: CacheSettings = CacheSettings {
     name: "items",
     l1_capacity: 50_000,
+    l1_ttl: Duration::from_secs(60),
+    l2_ttl: Duration::from_secs(3600),
+};
+
+/// Course item lists change when authors write items; same bounds as the items.
+pub const COURSE_ITEMS_CACHE: CacheSettings = CacheSettings {
+    name: "course_items",
+    l1_capacity: 10_000,
     l1_ttl: Duration::from_secs(60),
     l2_ttl: Duration::from_secs(3600),
 };
@@ -104,8 +162,10 @@ impl ContentService for ContentApi {
     async fn upsert_items(&self, request: Request<UpsertItemsRequest>) -> RpcResult<UpsertItemsResponse> {
         let request = request.into_inner();
         validate::items(&request.items).map_err(ContentError::from)?;
+        // Where the items were before, so a course they leave drops its list too.
+        let before = self.items(&request.items.iter().map(|i| i.item_id.clone()).collect::<Vec<_>>()).await?;
         let outcome = self.store.upsert_items(&request.items).await?;
-        self.items.invalidate(&request.items.iter().map(|i| i.item_id.clone()).collect::<Vec<_>>()).await;
+        self.items_changed(&before, &outcome.items).await;
         Ok(Response::new(UpsertItemsResponse {
             items: outcome.items,
             created_count: outcome.created,
@@ -146,12 +206,17 @@ impl ContentService for ContentApi {
         if after.is_empty() && self.store.get_course(&request.course_id).await.map_err(ContentError::from)?.is_none() {
             return Err(ContentError::not_found("course", &request.course_id).into());
         }
-        let items = self
-            .store
-            .list_items(&request.course_id, &request.skill_id, request.include_retired, &after, limit)
-            .await
-            .map_err(ContentError::from)?;
-        let next_page_token = page::next_token(&items, limit, |i| i.item_id.clone());
+        let (items, next_page_token) = if request.skill_id.is_empty() && !request.include_retired {
+            self.live_items_page(&request.course_id, &after, limit).await?
+        } else {
+            let items = self
+                .store
+                .list_items(&request.course_id, &request.skill_id, request.include_retired, &after, limit)
+                .await
+                .map_err(ContentError::from)?;
+            let next = page::next_token(&items, limit, |i| i.item_id.clone());
+            (items, next)
+        };
         Ok(Response::new(ListItemsResponse { items, next_page_token }))
     }
 
@@ -164,7 +229,7 @@ impl ContentService for ContentApi {
             .await
             .map_err(ContentError::from)?
             .ok_or_else(|| ContentError::not_found("item", &request.item_id))?;
-        self.items.invalidate(std::slice::from_ref(&request.item_id)).await;
+        self.items_changed(&[], std::slice::from_ref(&item)).await;
         Ok(Response::new(RetireItemResponse { item: Some(item) }))
     }
 

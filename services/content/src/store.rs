@@ -359,6 +359,14 @@ impl ContentStore {
         rows.iter().map(item_from_row).collect()
     }
 
+    /// The ids of a course's items in service (not retired), in id order.
+    pub async fn live_item_ids(&self, course_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT item_id FROM items WHERE course_id = $1 AND retired = 0 ORDER BY item_id")
+            .bind(course_id)
+            .fetch_all(self.db.pool())
+            .await?)
+    }
+
     pub async fn retire_item(&self, item_id: &str) -> Result<Option<Item>, StoreError> {
         let mut tx = self.db.begin_write().await?;
         sqlx::query(

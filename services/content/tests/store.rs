@@ -188,6 +188,7 @@ async fn retired_items_leave_lists_and_search_but_stay_readable() {
         let active: Vec<String> =
             store.list_items("math", "", false, "", 10).await.unwrap().into_iter().map(|i| i.item_id).collect();
         assert_eq!(active, ["i2"]);
+        assert_eq!(store.live_item_ids("math").await.unwrap(), ["i2"]);
         assert_eq!(store.list_items("math", "", true, "", 10).await.unwrap().len(), 2);
         assert_eq!(ids(&store.search(&search(&["fraction"])).await.unwrap()), ["i2"]);
         assert!(store.get_items(&["i1".into()]).await.unwrap()[0].retired);
