@@ -129,7 +129,18 @@ where
                 // manage_subscriptions re-subscribes once the subscriber connects.
                 tracing::debug!(%channel, error = %err, "invalidation channel not subscribed yet");
             }
-            while let Ok(message) = messages.recv().await {
+            loop {
+                let message = match messages.recv().await {
+                    Ok(message) => message,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        // Invalidations were missed: nothing in L1 can be trusted now.
+                        let Some(inner) = weak.upgrade() else { return };
+                        tracing::warn!(%channel, missed, "invalidations missed; L1 cleared");
+                        inner.l1.invalidate_all();
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
                 if message.channel != channel.as_str() {
                     continue;
                 }

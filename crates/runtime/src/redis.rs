@@ -125,7 +125,11 @@ impl Redis {
                     // One retry after a MOVED/ASK or a reconnect, then the caller's fallback.
                     c.max_command_attempts = 2;
                 })
-                .with_performance_config(|p| p.default_command_timeout = config.command_timeout)
+                .with_performance_config(|p| {
+                    p.default_command_timeout = config.command_timeout;
+                    // Room for bursts of invalidation messages before a listener lags.
+                    p.broadcast_channel_capacity = 4096;
+                })
                 .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
             builder
         };
