@@ -1,6 +1,7 @@
 //! What every ALP service shares, written once: the gRPC server bootstrap (health, reflection,
-//! metrics, graceful drain), storage pools and migrations, the error-to-status mapping, request
-//! validation helpers and the downstream channel set-up.
+//! metrics, graceful drain), storage pools and migrations, the Redis Cluster client and the
+//! two-level cache, the error-to-status mapping, request validation helpers and the downstream
+//! channel set-up.
 
 pub mod cache;
 pub mod clients;
