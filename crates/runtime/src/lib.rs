@@ -3,6 +3,7 @@
 //! two-level cache, the error-to-status mapping, request validation helpers and the downstream
 //! channel set-up.
 
+pub mod breaker;
 pub mod cache;
 pub mod clients;
 pub mod db;
