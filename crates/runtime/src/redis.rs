@@ -142,6 +142,14 @@ impl Redis {
         Ok(Self { pool, subscriber, prefix: prefix.to_owned() })
     }
 
+    /// [`Redis::connect`] when a cluster is configured.
+    ///
+    /// # Errors
+    /// When the configuration is rejected.
+    pub fn connect_optional(config: Option<&RedisConfig>, prefix: &str) -> Result<Option<Self>, String> {
+        config.map(|c| Self::connect(c, prefix)).transpose()
+    }
+
     pub fn pool(&self) -> &Pool {
         &self.pool
     }

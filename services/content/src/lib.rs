@@ -56,8 +56,7 @@ pub async fn serve_with_shutdown(
 ) -> Result<(), ServeError> {
     let db = Database::connect(&config.database).await?;
     db.ensure_migrated("content", MIGRATIONS).await?;
-    let redis =
-        config.redis.as_ref().map(|r| Redis::connect(r, REDIS_PREFIX)).transpose().map_err(ServeError::Setup)?;
+    let redis = Redis::connect_optional(config.redis.as_ref(), REDIS_PREFIX).map_err(ServeError::Setup)?;
     let api = ContentApi::new(ContentStore::new(db.clone()), redis.clone());
     let routes = Routes::new(ContentServiceServer::new(api).max_decoding_message_size(config.server.max_message_bytes));
     let readiness = Readiness::new().with_database(db.clone()).with_redis(redis);

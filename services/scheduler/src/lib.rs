@@ -92,8 +92,7 @@ pub async fn serve_with_shutdown(
     let stop_relay = CancellationToken::new();
     let relay_task = tokio::spawn(relay.clone().run(stop_relay.clone()));
 
-    let redis =
-        config.redis.as_ref().map(|r| Redis::connect(r, REDIS_PREFIX)).transpose().map_err(ServeError::Setup)?;
+    let redis = Redis::connect_optional(config.redis.as_ref(), REDIS_PREFIX).map_err(ServeError::Setup)?;
     let api = SchedulerApi::new(store, downstream, relay, cache::SchedulerCaches::new(redis.clone()));
     let routes =
         Routes::new(SchedulerServiceServer::new(api).max_decoding_message_size(config.server.max_message_bytes));

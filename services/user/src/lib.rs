@@ -60,8 +60,7 @@ pub async fn serve_with_shutdown(
         .map_err(|e| ServeError::Setup(e.to_string()))?;
     let db = Database::connect(&config.database).await?;
     db.ensure_migrated("user", MIGRATIONS).await?;
-    let redis =
-        config.redis.as_ref().map(|r| Redis::connect(r, REDIS_PREFIX)).transpose().map_err(ServeError::Setup)?;
+    let redis = Redis::connect_optional(config.redis.as_ref(), REDIS_PREFIX).map_err(ServeError::Setup)?;
     let api = UserApi::new(UserStore::new(db.clone()), content, redis.clone());
     let routes = Routes::new(UserServiceServer::new(api).max_decoding_message_size(config.server.max_message_bytes));
     let readiness = Readiness::new().with_database(db.clone()).with_redis(redis);
