@@ -173,6 +173,14 @@ impl CircuitBreaker {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn config(&self) -> &BreakerConfig {
+        &self.config
+    }
+
     pub fn state(&self) -> State {
         self.lock().state
     }
@@ -323,62 +331,6 @@ impl Drop for Permit {
     }
 }
 
-/// Wraps a service whose errors are gRPC statuses: rejected calls answer UNAVAILABLE at once,
-/// without reaching the inner service.
-#[derive(Debug, Clone)]
-pub struct BreakerLayer {
-    breaker: CircuitBreaker,
-}
-
-impl BreakerLayer {
-    pub fn new(breaker: CircuitBreaker) -> Self {
-        Self { breaker }
-    }
-}
-
-impl<S> tower::Layer<S> for BreakerLayer {
-    type Service = Breaking<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Breaking { inner, breaker: self.breaker.clone() }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Breaking<S> {
-    inner: S,
-    breaker: CircuitBreaker,
-}
-
-impl<S, Request, Response> tower::Service<Request> for Breaking<S>
-where
-    S: tower::Service<Request, Response = Response, Error = tonic::Status>,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = tonic::Status;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, tonic::Status>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let permit = match self.breaker.acquire() {
-            Ok(permit) => permit,
-            Err(rejected) => return Box::pin(async move { Err(tonic::Status::unavailable(rejected.to_string())) }),
-        };
-        let fails_on_exhausted = self.breaker.config.resource_exhausted_fails;
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let result = call.await;
-            let code = result.as_ref().map_or_else(tonic::Status::code, |_| Code::Ok);
-            permit.finish(classify(code, fails_on_exhausted));
-            result
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,33 +473,5 @@ mod tests {
         assert_eq!(breaker.state(), State::Closed, "2 of 5");
         call(&breaker, Verdict::Failure).unwrap();
         assert_eq!(breaker.state(), State::Open, "3 of 6");
-    }
-}
-
-#[cfg(test)]
-mod layer_tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use tower::{Layer, Service, ServiceExt};
-
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn an_open_circuit_answers_unavailable_without_calling() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let counted = calls.clone();
-        let failing = tower::service_fn(move |_: ()| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            async { Err::<(), _>(tonic::Status::unavailable("down")) }
-        });
-        let config = BreakerConfig { minimum_calls: 2, window: Window::Count(2), ..BreakerConfig::default() };
-        let mut service = BreakerLayer::new(CircuitBreaker::new("layer", config)).layer(failing);
-        for _ in 0..2 {
-            let status = service.ready().await.unwrap().call(()).await.unwrap_err();
-            assert_eq!(status.message(), "down");
-        }
-        let status = service.ready().await.unwrap().call(()).await.unwrap_err();
-        assert_eq!((status.code(), status.message()), (Code::Unavailable, "circuit layer is open"));
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "the open circuit did not call through");
     }
 }

@@ -3,10 +3,12 @@
 //! two-level cache, the error-to-status mapping, request validation helpers and the downstream
 //! channel set-up.
 
+pub mod batch;
 pub mod breaker;
 pub mod cache;
-pub mod clients;
+pub mod client;
 pub mod db;
+pub mod deadline;
 pub mod error;
 pub mod logging;
 pub mod metrics;

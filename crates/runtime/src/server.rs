@@ -15,6 +15,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::db::Database;
+use crate::deadline::AdmissionLayer;
 use crate::metrics::RpcMetricsLayer;
 
 /// Settings every service server shares.
@@ -30,6 +31,13 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// How often readiness (database, downstreams) is re-checked.
     pub readiness_interval: Duration,
+    /// Calls served at once before new ones are shed with RESOURCE_EXHAUSTED; 0 is no bound.
+    pub max_in_flight: usize,
+    /// A connection older than this is asked to close (GOAWAY), so clients reconnect and new
+    /// replicas and canaries get a share of the calls.
+    pub max_connection_age: Duration,
+    /// How long calls on an aged connection may run on before it is closed.
+    pub max_connection_age_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +47,9 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(20),
             max_message_bytes: 4 * 1024 * 1024,
             readiness_interval: Duration::from_secs(2),
+            max_in_flight: 512,
+            max_connection_age: Duration::from_secs(300),
+            max_connection_age_grace: Duration::from_secs(120),
         }
     }
 }
@@ -58,6 +69,15 @@ pub struct ServerArgs {
     /// Interval between readiness checks of the database and downstream services.
     #[arg(long = "readiness-interval", env = "ALP_READINESS_INTERVAL", default_value = "2s", value_parser = crate::time::parse_duration)]
     pub readiness_interval: Duration,
+    /// Calls in flight before new ones are shed with RESOURCE_EXHAUSTED (0: no bound).
+    #[arg(long = "max-in-flight", env = "ALP_MAX_IN_FLIGHT", default_value_t = 512)]
+    pub max_in_flight: usize,
+    /// Age after which a client connection is asked to reconnect (spreads load over new replicas).
+    #[arg(long = "max-connection-age", env = "ALP_MAX_CONNECTION_AGE", default_value = "5m", value_parser = crate::time::parse_duration)]
+    pub max_connection_age: Duration,
+    /// Time calls on an aged connection get to finish; longer exports need a longer grace.
+    #[arg(long = "max-connection-age-grace", env = "ALP_MAX_CONNECTION_AGE_GRACE", default_value = "2m", value_parser = crate::time::parse_duration)]
+    pub max_connection_age_grace: Duration,
 }
 
 impl From<&ServerArgs> for ServerConfig {
@@ -67,6 +87,9 @@ impl From<&ServerArgs> for ServerConfig {
             shutdown_grace: args.shutdown_grace,
             max_message_bytes: args.max_message_bytes,
             readiness_interval: args.readiness_interval,
+            max_in_flight: args.max_in_flight,
+            max_connection_age: args.max_connection_age,
+            max_connection_age_grace: args.max_connection_age_grace,
         }
     }
 }
@@ -211,7 +234,10 @@ pub async fn run(
     let serving = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_connection_age(config.max_connection_age)
+        .max_connection_age_grace(config.max_connection_age_grace)
         .layer(RpcMetricsLayer)
+        .layer(AdmissionLayer::new(config.max_in_flight))
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
     // Graceful shutdown waits for every open stream, and a health Watch never ends by itself.
