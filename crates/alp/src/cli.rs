@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use alp_runtime::clients::{ChannelConfig, lazy_channel};
+use alp_runtime::client::{ClientArgs, lazy_channel};
 use alp_runtime::db::{Database, DatabaseArgs};
 use alp_runtime::logging::LogArgs;
 use alp_runtime::server::{ServerArgs, ServerConfig};
@@ -65,6 +65,9 @@ pub struct DevArgs {
     /// Optional here: without nodes, caches stay in process.
     #[command(flatten)]
     pub redis: alp_runtime::redis::RedisArgs,
+    /// Timeouts, circuit breakers and retries of calls between the services.
+    #[command(flatten)]
+    pub clients: ClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -77,18 +80,19 @@ pub struct ServeArgs {
     /// Prometheus /metrics listen address.
     #[arg(long, env = "ALP_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Content service address (user, scheduler).
-    #[arg(long, env = "ALP_CONTENT_ADDR", default_value = "http://127.0.0.1:50053")]
+    /// Content service addresses (user, scheduler): comma-separated host:port, names resolved
+    /// again every --downstream-refresh (a headless Service's name lists its ready pods).
+    #[arg(long, env = "ALP_CONTENT_ADDR", default_value = "127.0.0.1:50053")]
     pub content_addr: String,
-    /// Scoring service address (scheduler).
-    #[arg(long, env = "ALP_SCORING_ADDR", default_value = "http://127.0.0.1:50054")]
+    /// Scoring service addresses (scheduler).
+    #[arg(long, env = "ALP_SCORING_ADDR", default_value = "127.0.0.1:50054")]
     pub scoring_addr: String,
-    /// User service address (scheduler).
-    #[arg(long, env = "ALP_USER_ADDR", default_value = "http://127.0.0.1:50052")]
+    /// User service addresses (scheduler).
+    #[arg(long, env = "ALP_USER_ADDR", default_value = "127.0.0.1:50052")]
     pub user_addr: String,
-    /// Upper bound of any call to another service.
-    #[arg(long, env = "ALP_DOWNSTREAM_TIMEOUT", default_value = "2s", value_parser = alp_runtime::time::parse_duration)]
-    pub downstream_timeout: Duration,
+    /// Timeouts, circuit breakers and retries of calls to other services.
+    #[command(flatten)]
+    pub clients: ClientArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]
@@ -141,7 +145,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         }
     }
     if !args.no_seed {
-        let channel = lazy_channel("content", &format!("http://{}", addresses.content), ChannelConfig::default())?;
+        let channel = lazy_channel("content", &addresses.content.to_string(), Duration::from_secs(1))?;
         tokio::spawn(async move {
             // The content service starts beside us; give it a moment to listen.
             for _ in 0..50 {
@@ -170,7 +174,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         "ALP dev suite starting; Ctrl-C stops it"
     );
     let server = ServerConfig { drain_delay: Duration::ZERO, ..ServerConfig::default() };
-    let settings = suite::Settings { server, policies, redis };
+    let settings = suite::Settings { server, policies, redis, clients: args.clients };
     let result = suite::run(listeners, databases, settings, alp_runtime::shutdown::signal()).await;
     stop.cancel();
     result
@@ -181,7 +185,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let database = args.database.resolve(service.name(), service.pool_defaults())?;
     let server = ServerConfig::from(&args.server);
     let redis = args.redis.config().map_err(anyhow::Error::msg)?;
-    let channel = ChannelConfig { request_timeout: args.downstream_timeout, ..ChannelConfig::default() };
+    let downstream = |name: &str, address: &str| args.clients.config(name, address).map_err(anyhow::Error::msg);
     let address = args.listen.unwrap_or_else(|| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), service.default_port()));
     let listener = TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address}"))?;
     let stop = CancellationToken::new();
@@ -195,7 +199,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Service::Content => alp_content::serve(alp_content::ContentConfig { server, database, redis }, listener).await,
         Service::User => {
             alp_user::serve(
-                alp_user::UserConfig { server, database, content_address: args.content_addr, channel, redis },
+                alp_user::UserConfig { server, database, content: downstream("content", &args.content_addr)?, redis },
                 listener,
             )
             .await
@@ -209,10 +213,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 alp_scheduler::SchedulerConfig {
                     server,
                     database,
-                    content_address: args.content_addr,
-                    scoring_address: args.scoring_addr,
-                    user_address: args.user_addr,
-                    channel,
+                    downstream: alp_scheduler::DownstreamConfigs {
+                        content: downstream("content", &args.content_addr)?,
+                        scoring: downstream("scoring", &args.scoring_addr)?,
+                        user: downstream("user", &args.user_addr)?,
+                    },
                     redis,
                 },
                 listener,

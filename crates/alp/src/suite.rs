@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use alp_runtime::clients::ChannelConfig;
+use alp_runtime::client::ClientArgs;
 use alp_runtime::db::{Database, DatabaseConfig, MigrationStep, PoolDefaults, sqlite_url};
 use alp_runtime::server::{ServeError, ServerConfig};
 use anyhow::Context;
@@ -166,6 +166,8 @@ pub struct Settings {
     pub policies: alp_scoring::Policies,
     /// The shared Redis Cluster; None keeps every cache in process.
     pub redis: Option<alp_runtime::redis::RedisConfig>,
+    /// How the services call each other.
+    pub clients: ClientArgs,
 }
 
 /// Runs the four services until `shutdown` resolves. Migrations must have run.
@@ -175,10 +177,16 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let Settings { server, policies, redis } = settings;
+    let Settings { server, policies, redis, clients } = settings;
     let addresses = listeners.addresses()?;
-    let url = |address: SocketAddr| format!("http://{address}");
-    let channel = ChannelConfig::default();
+    let downstream =
+        |name: &str, address: SocketAddr| clients.config(name, &address.to_string()).map_err(anyhow::Error::msg);
+    let scheduler_downstream = alp_scheduler::DownstreamConfigs {
+        content: downstream("content", addresses.content)?,
+        scoring: downstream("scoring", addresses.scoring)?,
+        user: downstream("user", addresses.user)?,
+    };
+    let user_content = downstream("content", addresses.content)?;
     let stop = CancellationToken::new();
     let signal = || {
         let stop = stop.clone();
@@ -204,8 +212,7 @@ pub async fn run(
             alp_user::UserConfig {
                 server: server.clone(),
                 database: databases.user.clone(),
-                content_address: url(addresses.content),
-                channel,
+                content: user_content,
                 redis: redis.clone(),
             },
             listeners.user,
@@ -231,10 +238,7 @@ pub async fn run(
             alp_scheduler::SchedulerConfig {
                 server: server.clone(),
                 database: databases.scheduler.clone(),
-                content_address: url(addresses.content),
-                scoring_address: url(addresses.scoring),
-                user_address: url(addresses.user),
-                channel,
+                downstream: scheduler_downstream,
                 redis,
             },
             listeners.scheduler,

@@ -181,7 +181,7 @@ async fn the_suite_reads_through_the_cache_and_never_serves_a_stale_copy() {
     // health entry of its Redis, while the service itself stays SERVING.
     let content_health = "alp.content.v1.ContentService";
     let redis_health = format!("{content_health}/redis");
-    let health = || alp_runtime::clients::check_serving(channel(running.addresses.content), &redis_health);
+    let health = || alp_runtime::client::check_serving(channel(running.addresses.content), &redis_health);
     assert!(health().await.is_ok(), "redis entry SERVING while connected");
     cluster.kill_all();
     let mut reported = false;
@@ -193,7 +193,7 @@ async fn the_suite_reads_through_the_cache_and_never_serves_a_stale_copy() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(reported, "health never reported Redis down");
-    assert!(alp_runtime::clients::check_serving(channel(running.addresses.content), content_health).await.is_ok());
+    assert!(alp_runtime::client::check_serving(channel(running.addresses.content), content_health).await.is_ok());
     let mut fresh = item("written while Redis is down");
     fresh.item_id = "cached-2".into();
     content.upsert_items(UpsertItemsRequest { items: vec![fresh] }).await.unwrap();

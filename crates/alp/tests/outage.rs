@@ -13,7 +13,7 @@ use alp_proto::scheduler::v1::submit_attempt_request::Outcome;
 use alp_proto::scheduler::v1::{NextItemsRequest, SubmitAttemptRequest};
 use alp_proto::user::v1::user_service_client::UserServiceClient;
 use alp_proto::user::v1::{CreateLearnerRequest, EnrolLearnerRequest, GetProgressRequest, Learner};
-use alp_runtime::clients::ChannelConfig;
+use alp_runtime::client::DownstreamConfig;
 use common::{channel, test_server_config, wait_serving};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -28,8 +28,7 @@ fn user_service(
         alp_user::UserConfig {
             server: test_server_config(),
             database: databases.user.clone(),
-            content_address: format!("http://{content}"),
-            channel: ChannelConfig::default(),
+            content: DownstreamConfig::new(content.to_string()),
             redis: None,
         },
         listener,
@@ -72,10 +71,11 @@ async fn progress_submitted_while_user_service_is_down_arrives_once_it_is_back()
         alp_scheduler::SchedulerConfig {
             server: config.clone(),
             database: databases.scheduler.clone(),
-            content_address: format!("http://{content}"),
-            scoring_address: format!("http://{scoring}"),
-            user_address: format!("http://{user}"),
-            channel: ChannelConfig::default(),
+            downstream: alp_scheduler::DownstreamConfigs {
+                content: DownstreamConfig::new(content.to_string()),
+                scoring: DownstreamConfig::new(scoring.to_string()),
+                user: DownstreamConfig::new(user.to_string()),
+            },
             redis: None,
         },
         scheduler_l,

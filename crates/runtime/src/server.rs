@@ -7,12 +7,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::net::TcpListener;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::db::Database;
 use crate::deadline::AdmissionLayer;
@@ -163,6 +167,13 @@ impl Readiness {
         }
     }
 
+    /// A service this one calls, on an entry of its own: a pod is not taken out of rotation
+    /// for a dependency's outage, which it answers by degrading or failing fast.
+    pub fn with_downstream(self, downstream: crate::client::Downstream) -> Self {
+        let name = downstream.name().to_owned();
+        self.with_optional_check(name, move || std::future::ready(downstream.check_serving()))
+    }
+
     /// The service's own database answers.
     pub fn with_database(self, db: Database) -> Self {
         self.with_check("database", move || {
@@ -193,7 +204,12 @@ pub async fn run(
     readiness: Readiness,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let (reporter, _) = tonic_health::server::health_reporter();
+    let closing = CancellationToken::new();
+    let health_service = HealthServer::new(ClosingHealth {
+        inner: HealthService::from_health_reporter(reporter.clone()),
+        closing: closing.clone(),
+    });
     reporter.set_service_status(service_name, ServingStatus::NotServing).await;
     reporter.set_service_status("", ServingStatus::NotServing).await;
 
@@ -228,6 +244,8 @@ pub async fn run(
         drain_reporter.set_service_status("", ServingStatus::NotServing).await;
         tracing::info!(service = service_name, delay_ms = drain_delay.as_millis() as u64, "draining");
         tokio::time::sleep(drain_delay).await;
+        // Watchers have seen NOT_SERVING by now; their streams must end for the drain to finish.
+        closing.cancel();
     };
 
     let routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
@@ -257,6 +275,34 @@ pub async fn run(
     let _ = monitor.await;
     tracing::info!(service = service_name, "stopped");
     result.map_err(ServeError::from)
+}
+
+/// The health service, whose `Watch` streams end when the server closes (tonic's never end,
+/// which would hold every graceful shutdown for its whole grace period).
+struct ClosingHealth {
+    inner: HealthService,
+    closing: CancellationToken,
+}
+
+#[tonic::async_trait]
+impl Health for ClosingHealth {
+    async fn check(
+        &self,
+        request: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, tonic::Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        request: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        let stream = self.inner.watch(request).await?.into_inner();
+        let closing = self.closing.clone().cancelled_owned();
+        Ok(tonic::Response::new(Box::pin(stream.take_until(closing))))
+    }
 }
 
 async fn monitor_readiness(

@@ -19,7 +19,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::cache::{CachedMemory, CachedMemoryStates, SchedulerCaches, memory_key};
-use crate::downstream::{Downstream, LearnerProfile};
+use crate::downstream::{Downstreams, LearnerProfile};
 use crate::error::SchedulerError;
 use crate::outbox::OutboxRelay;
 use crate::store::{AttemptRow, ExportFilter, MemoryRow, SchedulerStore};
@@ -38,13 +38,13 @@ const MAX_RESPONSE_MS: i64 = 60 * 60 * 1000;
 #[derive(Debug, Clone)]
 pub struct SchedulerApi {
     store: SchedulerStore,
-    downstream: Downstream,
+    downstream: Downstreams,
     outbox: OutboxRelay,
     caches: SchedulerCaches,
 }
 
 impl SchedulerApi {
-    pub fn new(store: SchedulerStore, downstream: Downstream, outbox: OutboxRelay, caches: SchedulerCaches) -> Self {
+    pub fn new(store: SchedulerStore, downstream: Downstreams, outbox: OutboxRelay, caches: SchedulerCaches) -> Self {
         Self { store, downstream, outbox, caches }
     }
 
@@ -238,9 +238,8 @@ impl SchedulerService for SchedulerApi {
 
         let scored = self
             .downstream
-            .scoring
-            .clone()
-            .score_candidates(ScoreCandidatesRequest {
+            .score_candidates
+            .call(ScoreCandidatesRequest {
                 learner_id: request.learner_id.clone(),
                 candidates: candidates.clone(),
                 mode: mode as i32,
@@ -252,21 +251,21 @@ impl SchedulerService for SchedulerApi {
             })
             .await;
         let (ranked, mock_test, degraded_reason) = match scored {
-            Ok(response) => {
-                let response = response.into_inner();
-                (response.items, response.mock_test, String::new())
-            }
-            Err(status) => {
-                tracing::warn!(error = %status.message(), code = ?status.code(), "scoring unavailable; local fallback ranking");
+            Ok(response) => (response.items, response.mock_test, String::new()),
+            Err(error) if error.is_outage() => {
+                tracing::warn!(%error, "scoring unavailable; local fallback ranking");
+                metrics::counter!("alp_scheduler_degraded_total").increment(1);
                 (
                     fallback_ranking(&candidates, mode, count as usize, now),
                     None,
                     format!(
                         "scoring unavailable ({}); fallback ordering",
-                        alp_runtime::metrics::code_name(status.code())
+                        alp_runtime::metrics::code_name(error.code())
                     ),
                 )
             }
+            // Scoring refused the request: a bug here, not an outage to hide.
+            Err(error) => return Err(SchedulerError::Downstream(error).into()),
         };
         let next = ranked
             .into_iter()
@@ -343,8 +342,17 @@ impl SchedulerService for SchedulerApi {
         }
 
         // Fast path for a retry (Redis first, then the log): the first answer, marked duplicate.
+        let answer = Answer {
+            learner_id: &request.learner_id,
+            item_id: &request.item_id,
+            rating,
+            correct,
+            response_ms,
+            answer_ms: request.answer_time.as_ref().map(|_| answer_ms),
+            mock_test_id: &request.mock_test_id,
+        };
         if let Some(existing) = self.recorded(&request.attempt_id).await? {
-            return duplicate(existing, &request);
+            return duplicate(existing, &request.attempt_id, &answer);
         }
 
         let item = self.downstream.item(&request.item_id).await?;
@@ -353,9 +361,8 @@ impl SchedulerService for SchedulerApi {
             self.store.memory_state(&request.learner_id, &request.item_id).await.map_err(SchedulerError::from)?;
         let applied = self
             .downstream
-            .scoring
-            .clone()
-            .apply_attempt(ApplyAttemptRequest {
+            .apply_attempt
+            .call(ApplyAttemptRequest {
                 attempt_id: request.attempt_id.clone(),
                 learner_id: request.learner_id.clone(),
                 item_id: request.item_id.clone(),
@@ -373,8 +380,7 @@ impl SchedulerService for SchedulerApi {
                 mock_test: !request.mock_test_id.is_empty(),
             })
             .await
-            .map_err(|s| SchedulerError::downstream("scoring", &s))?
-            .into_inner();
+            .map_err(SchedulerError::Downstream)?;
         let memory = applied.memory.unwrap_or_default();
         let due_ms = applied.due_time.as_ref().map_or(answer_ms, timestamp_millis);
 
@@ -419,19 +425,31 @@ impl SchedulerService for SchedulerApi {
             first_attempt: prior.is_none(),
             answer_time: Some(timestamp(answer_ms)),
         };
-        if !self.store.record(&attempt, &state, &event).await.map_err(SchedulerError::from)? {
+        // In a task of its own: once the attempt commits, the cache invalidation and the progress
+        // event must follow even if the caller's deadline cuts this handler short.
+        let (store, caches, outbox) = (self.store.clone(), self.caches.clone(), self.outbox.clone());
+        let key = memory_key(&request.learner_id, &item.course_id);
+        let recording = tokio::spawn(async move {
+            let Some(seq) = store.record(&attempt, &state, &event).await? else { return Ok(None) };
+            // Before answering, so the learner's next NextItems cannot see the state before this.
+            caches.memory.invalidate(&[key]).await;
+            let recorded = attempt.to_proto();
+            caches.attempts.put(&attempt.attempt_id, recorded.clone()).await;
+            outbox.send(seq, event);
+            Ok::<_, alp_runtime::StoreError>(Some(recorded))
+        });
+        let recorded = recording
+            .await
+            .map_err(|e| SchedulerError::Unavailable(format!("recording the attempt failed: {e}")))?
+            .map_err(SchedulerError::from)?;
+        let Some(recorded) = recorded else {
             // A concurrent call with the same attempt id committed first.
             let existing = self
                 .recorded(&request.attempt_id)
                 .await?
                 .ok_or_else(|| SchedulerError::FailedPrecondition("attempt vanished; retry".to_owned()))?;
-            return duplicate(existing, &request);
-        }
-        // Before answering, so the learner's next NextItems cannot see the state before this.
-        self.caches.memory.invalidate(&[memory_key(&request.learner_id, &item.course_id)]).await;
-        let recorded = attempt.to_proto();
-        self.caches.attempts.put(&request.attempt_id, recorded.clone()).await;
-        self.outbox.wake();
+            return duplicate(existing, &request.attempt_id, &answer);
+        };
         Ok(Response::new(SubmitAttemptResponse { attempt: Some(recorded), duplicate: false }))
     }
 
@@ -524,10 +542,49 @@ impl SchedulerService for SchedulerApi {
     }
 }
 
-/// The recorded answer for a retried attempt id, or a conflict when the id is reused.
-fn duplicate(existing: Attempt, request: &SubmitAttemptRequest) -> RpcResult<SubmitAttemptResponse> {
-    if existing.learner_id != request.learner_id || existing.item_id != request.item_id {
-        return Err(SchedulerError::AttemptConflict(request.attempt_id.clone()).into());
+/// What a SubmitAttempt says, to compare a retry with the attempt first recorded under its id.
+struct Answer<'a> {
+    learner_id: &'a str,
+    item_id: &'a str,
+    rating: Rating,
+    correct: bool,
+    response_ms: i64,
+    /// Only when the caller set it; otherwise each retry would bring its own clock reading.
+    answer_ms: Option<i64>,
+    mock_test_id: &'a str,
+}
+
+/// The recorded answer for a retried attempt id, or a conflict when the id is reused for a
+/// different answer: a retry never overwrites, and never silently drops a different answer.
+fn duplicate(existing: Attempt, attempt_id: &str, answer: &Answer<'_>) -> RpcResult<SubmitAttemptResponse> {
+    let recorded_ms = |t: &Option<prost_types::Timestamp>| t.as_ref().map(timestamp_millis);
+    let recorded_response_ms =
+        existing.response_time.as_ref().map_or(0, |d| d.seconds * 1000 + i64::from(d.nanos / 1_000_000));
+    let mut differences = Vec::new();
+    if existing.learner_id != answer.learner_id {
+        differences.push("learner_id");
+    }
+    if existing.item_id != answer.item_id {
+        differences.push("item_id");
+    }
+    if existing.rating != answer.rating as i32 || existing.correct != answer.correct {
+        differences.push("outcome");
+    }
+    if recorded_response_ms != answer.response_ms {
+        differences.push("response_time");
+    }
+    if answer.answer_ms.is_some_and(|ms| recorded_ms(&existing.answer_time) != Some(ms)) {
+        differences.push("answer_time");
+    }
+    if existing.mock_test_id != answer.mock_test_id {
+        differences.push("mock_test_id");
+    }
+    if !differences.is_empty() {
+        return Err(SchedulerError::AttemptConflict {
+            attempt_id: attempt_id.to_owned(),
+            fields: differences.join(", "),
+        }
+        .into());
     }
     Ok(Response::new(SubmitAttemptResponse { attempt: Some(existing), duplicate: true }))
 }

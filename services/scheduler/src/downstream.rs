@@ -1,27 +1,64 @@
-//! The scheduler's view of the other services: items from content, learners from user, and
-//! the models from scoring, each over gRPC.
+//! The scheduler's view of the other services: items from content, learners from user, the
+//! models from scoring, and the progress call to user (used by the outbox). Each method is a typed
+//! call stack (see `alp_runtime::client`); single item lookups go through a batcher.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use alp_proto::content::v1::content_service_client::ContentServiceClient;
-use alp_proto::content::v1::{BatchGetItemsRequest, GetItemRequest, Item, ListItemsRequest, ListSkillsRequest};
-use alp_proto::scoring::v1::SkillPrerequisites;
+use alp_proto::content::v1::content_service_server::SERVICE_NAME as CONTENT_SERVICE;
+use alp_proto::content::v1::{
+    BatchGetItemsRequest, BatchGetItemsResponse, Item, ListItemsRequest, ListItemsResponse, ListSkillsRequest,
+    ListSkillsResponse,
+};
 use alp_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
+use alp_proto::scoring::v1::scoring_service_server::SERVICE_NAME as SCORING_SERVICE;
+use alp_proto::scoring::v1::{
+    ApplyAttemptRequest, ApplyAttemptResponse, ScoreCandidatesRequest, ScoreCandidatesResponse, SkillPrerequisites,
+};
 use alp_proto::user::v1::user_service_client::UserServiceClient;
-use alp_proto::user::v1::{GetLearnerRequest, Learner};
+use alp_proto::user::v1::user_service_server::SERVICE_NAME as USER_SERVICE;
+use alp_proto::user::v1::{
+    GetLearnerRequest, GetLearnerResponse, Learner, RecordProgressRequest, RecordProgressResponse,
+};
+use alp_runtime::batch::{BatchConfig, BatchError, Batcher};
+use alp_runtime::client::{AddressError, CallError, Downstream, DownstreamConfig, Method, Rpc, deadline_for};
+use alp_runtime::send;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use crate::error::SchedulerError;
 
-/// The gRPC clients of the services the scheduler calls.
+/// Item lookups wait at most this long for company; SubmitAttempt's whole budget is tens of ms.
+const ITEM_BATCH: BatchConfig =
+    BatchConfig { max_size: 200, max_delay: Duration::from_millis(2), queue: 10_000, max_in_flight: 8 };
+/// The most ids BatchGetItems takes.
+const ITEMS_PER_CALL: usize = 500;
+
+/// Where each downstream is and how to call it.
 #[derive(Debug, Clone)]
-pub struct Downstream {
-    pub content: ContentServiceClient<Channel>,
-    pub scoring: ScoringServiceClient<Channel>,
-    pub user: UserServiceClient<Channel>,
+pub struct DownstreamConfigs {
+    pub content: DownstreamConfig,
+    pub scoring: DownstreamConfig,
+    pub user: DownstreamConfig,
+}
+
+/// The typed calls the scheduler makes.
+#[derive(Debug, Clone)]
+pub struct Downstreams {
+    pub content: Downstream,
+    pub scoring: Downstream,
+    pub user: Downstream,
+    get_learner: Rpc<GetLearnerRequest, GetLearnerResponse>,
+    batch_get_items: Rpc<BatchGetItemsRequest, BatchGetItemsResponse>,
+    list_items: Rpc<ListItemsRequest, ListItemsResponse>,
+    list_skills: Rpc<ListSkillsRequest, ListSkillsResponse>,
+    pub score_candidates: Rpc<ScoreCandidatesRequest, ScoreCandidatesResponse>,
+    pub apply_attempt: Rpc<ApplyAttemptRequest, ApplyAttemptResponse>,
+    pub record_progress: Rpc<RecordProgressRequest, RecordProgressResponse>,
+    items: Batcher<String, Item, CallError>,
     learners: Arc<Mutex<HashMap<String, Learner>>>,
+    item_timeout: Duration,
 }
 
 /// A learner's profile, or the fact that the user service could not say.
@@ -32,23 +69,50 @@ pub enum LearnerProfile {
     Unknown,
 }
 
-impl Downstream {
-    pub fn new(content: Channel, scoring: Channel, user: Channel) -> Self {
-        Self {
-            content: ContentServiceClient::new(content),
-            scoring: ScoringServiceClient::new(scoring),
-            user: UserServiceClient::new(user),
+impl Downstreams {
+    pub async fn connect(configs: DownstreamConfigs) -> Result<Self, AddressError> {
+        let item_timeout = configs.content.timeout;
+        let content = Downstream::connect("content", CONTENT_SERVICE, configs.content).await?;
+        let scoring = Downstream::connect("scoring", SCORING_SERVICE, configs.scoring).await?;
+        let user = Downstream::connect("user", USER_SERVICE, configs.user).await?;
+        let batch_get_items =
+            content.rpc(Method::idempotent("BatchGetItems"), send!(ContentServiceClient::batch_get_items));
+        let record_progress = user.rpc(Method::idempotent("RecordProgress"), send!(UserServiceClient::record_progress));
+        let items = {
+            let rpc = batch_get_items.clone();
+            Batcher::new("content.items", ITEM_BATCH, move |ids: Vec<String>| {
+                let rpc = rpc.clone();
+                async move {
+                    let found = rpc.call(BatchGetItemsRequest { item_ids: ids }).await?;
+                    Ok(found.items.into_iter().map(|item| (item.item_id.clone(), item)).collect())
+                }
+            })
+        };
+        Ok(Self {
+            get_learner: user.rpc(Method::idempotent("GetLearner"), send!(UserServiceClient::get_learner)),
+            list_items: content.rpc(Method::idempotent("ListItems"), send!(ContentServiceClient::list_items)),
+            list_skills: content.rpc(Method::idempotent("ListSkills"), send!(ContentServiceClient::list_skills)),
+            // Idempotent by the attempt id: scoring applies each attempt once.
+            apply_attempt: scoring.rpc(Method::idempotent("ApplyAttempt"), send!(ScoringServiceClient::apply_attempt)),
+            score_candidates: scoring
+                .rpc(Method::idempotent("ScoreCandidates"), send!(ScoringServiceClient::score_candidates)),
+            batch_get_items,
+            record_progress,
+            items,
+            content,
+            scoring,
+            user,
             learners: Arc::default(),
-        }
+            item_timeout,
+        })
     }
 
     /// The learner from the user service; when it is unavailable, the last profile seen (stale
     /// if error), so an outage of the user service does not stop practice.
     pub async fn learner(&self, learner_id: &str) -> Result<LearnerProfile, SchedulerError> {
-        let answer = self.user.clone().get_learner(GetLearnerRequest { learner_id: learner_id.to_owned() }).await;
-        match answer {
+        match self.get_learner.call(GetLearnerRequest { learner_id: learner_id.to_owned() }).await {
             Ok(response) => {
-                let learner = response.into_inner().learner.unwrap_or_default();
+                let learner = response.learner.unwrap_or_default();
                 if let Ok(mut cache) = self.learners.lock() {
                     if cache.len() > 100_000 {
                         cache.clear();
@@ -57,34 +121,36 @@ impl Downstream {
                 }
                 Ok(LearnerProfile::Known(learner))
             }
-            Err(status) if status.code() == Code::NotFound => Err(SchedulerError::not_found("learner", learner_id)),
-            Err(status) => {
+            Err(error) if error.code() == Code::NotFound => Err(SchedulerError::not_found("learner", learner_id)),
+            Err(error) if !error.is_outage() => Err(SchedulerError::Downstream(error)),
+            Err(error) => {
                 let cached = self.learners.lock().ok().and_then(|c| c.get(learner_id).cloned());
-                tracing::warn!(learner_id, error = %status.message(), cached = cached.is_some(), "user service unavailable; using the last known profile");
+                tracing::warn!(learner_id, %error, cached = cached.is_some(), "user service unavailable; using the last known profile");
                 Ok(cached.map_or(LearnerProfile::Unknown, LearnerProfile::Known))
             }
         }
     }
 
+    /// One item, looked up together with the other calls' items of the moment.
     pub async fn item(&self, item_id: &str) -> Result<Item, SchedulerError> {
-        match self.content.clone().get_item(GetItemRequest { item_id: item_id.to_owned() }).await {
-            Ok(response) => response.into_inner().item.ok_or_else(|| SchedulerError::not_found("item", item_id)),
-            Err(status) if status.code() == Code::NotFound => Err(SchedulerError::not_found("item", item_id)),
-            Err(status) => Err(SchedulerError::downstream("content", &status)),
+        let lookup = self.items.load(item_id.to_owned());
+        match tokio::time::timeout_at(deadline_for(self.item_timeout), lookup).await {
+            Ok(Ok(Some(item))) => Ok(item),
+            Ok(Ok(None)) => Err(SchedulerError::not_found("item", item_id)),
+            Ok(Err(BatchError::Failed(error))) => Err(SchedulerError::Downstream(error)),
+            Ok(Err(BatchError::Lost(batcher))) => {
+                Err(SchedulerError::Unavailable(format!("item lookup lost by batcher {batcher}")))
+            }
+            Err(_) => Err(SchedulerError::Unavailable("content service: no answer within the deadline".to_owned())),
         }
     }
 
     /// Items by id (missing ones are left out).
     pub async fn items(&self, item_ids: &[String]) -> Result<Vec<Item>, SchedulerError> {
         let mut items = Vec::with_capacity(item_ids.len());
-        for chunk in item_ids.chunks(500) {
-            let response = self
-                .content
-                .clone()
-                .batch_get_items(BatchGetItemsRequest { item_ids: chunk.to_vec() })
-                .await
-                .map_err(|s| SchedulerError::downstream("content", &s))?;
-            items.extend(response.into_inner().items);
+        for chunk in item_ids.chunks(ITEMS_PER_CALL) {
+            let response = self.batch_get_items.call(BatchGetItemsRequest { item_ids: chunk.to_vec() }).await?;
+            items.extend(response.items);
         }
         Ok(items)
     }
@@ -93,24 +159,23 @@ impl Downstream {
     pub async fn unseen_items(
         &self,
         course_id: &str,
-        seen: &std::collections::HashSet<String>,
+        seen: &HashSet<String>,
         want: usize,
     ) -> Result<Vec<Item>, SchedulerError> {
         const MAX_PAGES: usize = 50;
         let mut unseen = Vec::new();
         let mut page_token = String::new();
         for _ in 0..MAX_PAGES {
-            let response = self
-                .content
-                .clone()
-                .list_items(ListItemsRequest {
+            let page = self
+                .list_items
+                .call(ListItemsRequest {
                     course_id: course_id.to_owned(),
                     page_size: 1000,
                     page_token,
                     ..Default::default()
                 })
-                .await;
-            let page = response.map_err(|status| course_error(course_id, &status))?.into_inner();
+                .await
+                .map_err(|error| course_error(course_id, error))?;
             unseen.extend(page.items.into_iter().filter(|i| !seen.contains(&i.item_id)));
             if unseen.len() >= want || page.next_page_token.is_empty() {
                 break;
@@ -127,12 +192,11 @@ impl Downstream {
         let mut graph = Vec::new();
         let mut page_token = String::new();
         for _ in 0..MAX_PAGES {
-            let response = self
-                .content
-                .clone()
-                .list_skills(ListSkillsRequest { course_id: course_id.to_owned(), page_size: 1000, page_token })
-                .await;
-            let page = response.map_err(|status| course_error(course_id, &status))?.into_inner();
+            let page = self
+                .list_skills
+                .call(ListSkillsRequest { course_id: course_id.to_owned(), page_size: 1000, page_token })
+                .await
+                .map_err(|error| course_error(course_id, error))?;
             graph.extend(page.skills.into_iter().filter(|s| !s.prerequisite_skill_ids.is_empty()).map(|s| {
                 SkillPrerequisites { skill_id: s.skill_id, prerequisite_skill_ids: s.prerequisite_skill_ids }
             }));
@@ -147,10 +211,10 @@ impl Downstream {
 
 /// A failed call about a course: NOT_FOUND is the caller's unknown course, anything else is
 /// content's trouble.
-fn course_error(course_id: &str, status: &tonic::Status) -> SchedulerError {
-    if status.code() == Code::NotFound {
+fn course_error(course_id: &str, error: CallError) -> SchedulerError {
+    if error.code() == Code::NotFound {
         SchedulerError::not_found("course", course_id)
     } else {
-        SchedulerError::downstream("content", status)
+        SchedulerError::Downstream(error)
     }
 }

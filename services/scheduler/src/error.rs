@@ -1,5 +1,6 @@
 //! The scheduler's errors and their gRPC status.
 
+use alp_runtime::client::CallError;
 use alp_runtime::{ErrorKind, FieldViolation, ServiceError, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -8,13 +9,16 @@ pub enum SchedulerError {
     InvalidArgument(#[from] FieldViolation),
     #[error("{entity} {id:?} not found")]
     NotFound { entity: &'static str, id: String },
-    #[error("attempt_id {0:?} was recorded for another learner or item")]
-    AttemptConflict(String),
+    #[error("attempt_id {attempt_id:?} was recorded with a different {fields}; a new answer needs a new attempt id")]
+    AttemptConflict { attempt_id: String, fields: String },
     #[error("{0}")]
     FailedPrecondition(String),
     /// A downstream call failed; the caller may retry (SubmitAttempt with the same attempt id).
-    #[error("{service} service: {message}")]
-    Downstream { service: &'static str, code: tonic::Code, message: String },
+    #[error("{0}")]
+    Downstream(#[from] CallError),
+    /// A dependency could not be reached for another reason.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -23,10 +27,6 @@ impl SchedulerError {
     pub fn not_found(entity: &'static str, id: impl Into<String>) -> Self {
         SchedulerError::NotFound { entity, id: id.into() }
     }
-
-    pub fn downstream(service: &'static str, status: &tonic::Status) -> Self {
-        SchedulerError::Downstream { service, code: status.code(), message: status.message().to_owned() }
-    }
 }
 
 impl ServiceError for SchedulerError {
@@ -34,16 +34,10 @@ impl ServiceError for SchedulerError {
         match self {
             SchedulerError::InvalidArgument(_) => ErrorKind::InvalidArgument,
             SchedulerError::NotFound { .. } => ErrorKind::NotFound,
-            SchedulerError::AttemptConflict(_) => ErrorKind::AlreadyExists,
+            SchedulerError::AttemptConflict { .. } => ErrorKind::AlreadyExists,
             SchedulerError::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
-            SchedulerError::Downstream { code, .. } => match code {
-                tonic::Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
-                tonic::Code::Unavailable
-                | tonic::Code::Unknown
-                | tonic::Code::Cancelled
-                | tonic::Code::ResourceExhausted => ErrorKind::Unavailable,
-                _ => ErrorKind::Internal,
-            },
+            SchedulerError::Downstream(error) => error.kind(),
+            SchedulerError::Unavailable(_) => ErrorKind::Unavailable,
             SchedulerError::Store(err) => err.kind(),
         }
     }

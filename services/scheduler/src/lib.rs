@@ -9,10 +9,7 @@ mod store;
 
 use std::future::Future;
 
-use alp_proto::content::v1::content_service_server::SERVICE_NAME as CONTENT_SERVICE;
 use alp_proto::scheduler::v1::scheduler_service_server::{self, SchedulerServiceServer};
-use alp_proto::scoring::v1::scoring_service_server::SERVICE_NAME as SCORING_SERVICE;
-use alp_runtime::clients::{ChannelConfig, check_serving, lazy_channel};
 use alp_runtime::db::{Database, DatabaseConfig, MigrationStep, PoolDefaults};
 use alp_runtime::redis::{Redis, RedisConfig};
 use alp_runtime::server::{self, Readiness, ServeError, ServerConfig};
@@ -21,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 pub use api::SchedulerApi;
+pub use downstream::DownstreamConfigs;
 pub use error::SchedulerError;
 pub use store::{AttemptRow, ExportFilter, MemoryRow, SchedulerStore};
 
@@ -59,36 +57,31 @@ pub struct SchedulerConfig {
     pub database: DatabaseConfig,
     /// The shared Redis Cluster; None keeps caches in process.
     pub redis: Option<RedisConfig>,
-    pub content_address: String,
-    pub scoring_address: String,
-    pub user_address: String,
-    pub channel: ChannelConfig,
+    /// The content, scoring and user services.
+    pub downstream: DownstreamConfigs,
 }
 
 pub async fn serve(config: SchedulerConfig, listener: TcpListener) -> Result<(), ServeError> {
     serve_with_shutdown(config, listener, alp_runtime::shutdown::signal()).await
 }
 
-/// Runs the scheduler until `shutdown` resolves, then drains. SERVING needs the database,
-/// content and scoring; the user service only receives progress, through the outbox, so its
-/// outage delays progress and does not stop the scheduler.
+/// Runs the scheduler until `shutdown` resolves, then drains. SERVING needs the database only:
+/// content, scoring and user each have a health entry of their own
+/// (`alp.scheduler.v1.SchedulerService/scoring`, ...). Without scoring NextItems answers in
+/// degraded mode; without user, progress waits in the outbox; without content, calls fail fast.
 pub async fn serve_with_shutdown(
     config: SchedulerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let channel = |what: &str, address: &str| {
-        lazy_channel(what, address, config.channel).map_err(|e| ServeError::Setup(e.to_string()))
-    };
-    let content = channel("content", &config.content_address)?;
-    let scoring = channel("scoring", &config.scoring_address)?;
-    let user = channel("user", &config.user_address)?;
-
     let db = Database::connect(&config.database).await?;
     db.ensure_migrated("scheduler", MIGRATIONS).await?;
     let store = store::SchedulerStore::new(db.clone());
-    let downstream = downstream::Downstream::new(content.clone(), scoring.clone(), user);
-    let relay = outbox::OutboxRelay::new(store.clone(), downstream.user.clone());
+    let downstream = downstream::Downstreams::connect(config.downstream.clone())
+        .await
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
+    let dependencies = [downstream.content.clone(), downstream.scoring.clone(), downstream.user.clone()];
+    let relay = outbox::OutboxRelay::new(store.clone(), downstream.record_progress.clone());
     let stop_relay = CancellationToken::new();
     let relay_task = tokio::spawn(relay.clone().run(stop_relay.clone()));
 
@@ -96,10 +89,9 @@ pub async fn serve_with_shutdown(
     let api = SchedulerApi::new(store, downstream, relay, cache::SchedulerCaches::new(redis.clone()));
     let routes =
         Routes::new(SchedulerServiceServer::new(api).max_decoding_message_size(config.server.max_message_bytes));
-    let readiness = Readiness::new()
-        .with_database(db.clone())
-        .with_check("content", move || check_serving(content.clone(), CONTENT_SERVICE))
-        .with_check("scoring", move || check_serving(scoring.clone(), SCORING_SERVICE))
+    let readiness = dependencies
+        .into_iter()
+        .fold(Readiness::new().with_database(db.clone()), Readiness::with_downstream)
         .with_redis(redis);
     let result = server::run(SERVICE_NAME, routes, &config.server, listener, readiness, shutdown).await;
     stop_relay.cancel();

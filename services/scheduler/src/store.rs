@@ -170,14 +170,15 @@ impl SchedulerStore {
         rows.iter().map(memory_from_row).collect()
     }
 
-    /// Records an attempt, the new memory state and the outbox event in one transaction.
-    /// Returns false, writing nothing, when the attempt id is already recorded.
+    /// Records an attempt, the new memory state and the outbox event in one transaction; the
+    /// event's outbox sequence number. None, writing nothing, when the attempt id is already
+    /// recorded.
     pub async fn record(
         &self,
         attempt: &AttemptRow,
         memory: &MemoryRow,
         event: &ProgressEvent,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<i64>, StoreError> {
         let mut tx = self.db.begin_write().await?;
         let inserted = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
@@ -203,7 +204,7 @@ impl SchedulerStore {
         .rows_affected();
         if inserted == 0 {
             tx.rollback().await?;
-            return Ok(false);
+            return Ok(None);
         }
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO memory_states AS m (learner_id, {MEMORY_COLUMNS})
@@ -230,14 +231,15 @@ impl SchedulerStore {
         .bind(memory.knowledge)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("INSERT INTO outbox (attempt_id, event, create_time) VALUES ($1, $2, $3)")
-            .bind(&attempt.attempt_id)
-            .bind(event.encode_to_vec())
-            .bind(attempt.record_ms)
-            .execute(&mut *tx)
-            .await?;
+        let seq: i64 =
+            sqlx::query_scalar("INSERT INTO outbox (attempt_id, event, create_time) VALUES ($1, $2, $3) RETURNING seq")
+                .bind(&attempt.attempt_id)
+                .bind(event.encode_to_vec())
+                .bind(attempt.record_ms)
+                .fetch_one(&mut *tx)
+                .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(seq))
     }
 
     /// (item id, correct) of a learner's answers in one mock test, in the order recorded.
@@ -281,9 +283,14 @@ impl SchedulerStore {
         rows.iter().map(|r| Ok((r.try_get::<i64, _>(15)?, attempt_from_row(r)?))).collect()
     }
 
-    /// The oldest undelivered progress events.
-    pub async fn outbox_batch(&self, limit: u32) -> Result<Vec<(i64, ProgressEvent)>, StoreError> {
-        let rows = sqlx::query("SELECT seq, event FROM outbox ORDER BY seq LIMIT $1")
+    /// The oldest undelivered progress events recorded before `recorded_before_ms`.
+    pub async fn outbox_batch(
+        &self,
+        limit: u32,
+        recorded_before_ms: i64,
+    ) -> Result<Vec<(i64, ProgressEvent)>, StoreError> {
+        let rows = sqlx::query("SELECT seq, event FROM outbox WHERE create_time < $1 ORDER BY seq LIMIT $2")
+            .bind(recorded_before_ms)
             .bind(i64::from(limit))
             .fetch_all(self.db.pool())
             .await?;

@@ -1,16 +1,15 @@
 //! The gRPC surface of the user service.
 
-use alp_proto::content::v1::GetCourseRequest;
-use alp_proto::content::v1::content_service_client::ContentServiceClient;
+use alp_proto::content::v1::{GetCourseRequest, GetCourseResponse};
 use alp_proto::user::v1::user_service_server::UserService;
 use alp_proto::user::v1::*;
 use std::time::Duration;
 
 use alp_runtime::cache::{Cache, CacheSettings};
+use alp_runtime::client::Rpc;
 use alp_runtime::page;
 use alp_runtime::redis::Redis;
 use alp_runtime::validate::{id, page_size};
-use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::error::UserError;
@@ -20,7 +19,7 @@ use crate::validate;
 #[derive(Debug, Clone)]
 pub struct UserApi {
     store: UserStore,
-    content: ContentServiceClient<Channel>,
+    get_course: Rpc<GetCourseRequest, GetCourseResponse>,
     learners: Cache<Learner>,
     progress: Cache<GetProgressResponse>,
 }
@@ -43,10 +42,10 @@ pub const PROGRESS_CACHE: CacheSettings = CacheSettings {
 };
 
 impl UserApi {
-    pub fn new(store: UserStore, content: Channel, redis: Option<Redis>) -> Self {
+    pub fn new(store: UserStore, get_course: Rpc<GetCourseRequest, GetCourseResponse>, redis: Option<Redis>) -> Self {
         Self {
             store,
-            content: ContentServiceClient::new(content),
+            get_course,
             learners: Cache::new(LEARNER_CACHE, redis.clone()),
             progress: Cache::new(PROGRESS_CACHE, redis),
         }
@@ -158,13 +157,13 @@ impl UserService for UserApi {
         id("learner_id", &request.learner_id).map_err(UserError::from)?;
         id("course_id", &request.course_id).map_err(UserError::from)?;
         self.learner(&request.learner_id).await?;
-        let course = self.content.clone().get_course(GetCourseRequest { course_id: request.course_id.clone() }).await;
+        let course = self.get_course.call(GetCourseRequest { course_id: request.course_id.clone() }).await;
         match course {
             Ok(_) => {}
-            Err(status) if status.code() == Code::NotFound => {
+            Err(error) if error.code() == Code::NotFound => {
                 return Err(UserError::not_found("course", &request.course_id).into());
             }
-            Err(status) => return Err(UserError::Content(status).into()),
+            Err(error) => return Err(UserError::Content(error).into()),
         }
         let (enrolment, already_enrolled) = self.store.enrol(&request.learner_id, &request.course_id).await?;
         if !already_enrolled {

@@ -11,7 +11,7 @@ pub enum UserError {
     #[error("{entity} {id:?} already exists")]
     AlreadyExists { entity: &'static str, id: String },
     #[error("content service: {0}")]
-    Content(tonic::Status),
+    Content(alp_runtime::client::CallError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -28,13 +28,7 @@ impl ServiceError for UserError {
             UserError::InvalidArgument(_) => ErrorKind::InvalidArgument,
             UserError::NotFound { .. } => ErrorKind::NotFound,
             UserError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
-            UserError::Content(status) => match status.code() {
-                tonic::Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
-                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::ResourceExhausted => {
-                    ErrorKind::Unavailable
-                }
-                _ => ErrorKind::Internal,
-            },
+            UserError::Content(error) => error.kind(),
             UserError::Store(err) => err.kind(),
         }
     }

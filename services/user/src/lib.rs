@@ -7,8 +7,10 @@ mod validate;
 
 use std::future::Future;
 
+use alp_proto::content::v1::content_service_client::ContentServiceClient;
+use alp_proto::content::v1::content_service_server::SERVICE_NAME as CONTENT_SERVICE;
 use alp_proto::user::v1::user_service_server::{self, UserServiceServer};
-use alp_runtime::clients::{ChannelConfig, lazy_channel};
+use alp_runtime::client::{Downstream, DownstreamConfig, Method};
 use alp_runtime::db::{Database, DatabaseConfig, MigrationStep, PoolDefaults};
 use alp_runtime::redis::{Redis, RedisConfig};
 use alp_runtime::server::{self, Readiness, ServeError, ServerConfig};
@@ -36,8 +38,7 @@ pub struct UserConfig {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     /// The content service, asked whether a course exists on enrolment.
-    pub content_address: String,
-    pub channel: ChannelConfig,
+    pub content: DownstreamConfig,
     /// The shared Redis Cluster; None keeps caches in process.
     pub redis: Option<RedisConfig>,
 }
@@ -56,14 +57,16 @@ pub async fn serve_with_shutdown(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let content = lazy_channel("content", &config.content_address, config.channel)
+    let content = Downstream::connect("content", CONTENT_SERVICE, config.content.clone())
+        .await
         .map_err(|e| ServeError::Setup(e.to_string()))?;
+    let get_course = content.rpc(Method::idempotent("GetCourse"), alp_runtime::send!(ContentServiceClient::get_course));
     let db = Database::connect(&config.database).await?;
     db.ensure_migrated("user", MIGRATIONS).await?;
     let redis = Redis::connect_optional(config.redis.as_ref(), REDIS_PREFIX).map_err(ServeError::Setup)?;
-    let api = UserApi::new(UserStore::new(db.clone()), content, redis.clone());
+    let api = UserApi::new(UserStore::new(db.clone()), get_course, redis.clone());
     let routes = Routes::new(UserServiceServer::new(api).max_decoding_message_size(config.server.max_message_bytes));
-    let readiness = Readiness::new().with_database(db.clone()).with_redis(redis);
+    let readiness = Readiness::new().with_database(db.clone()).with_downstream(content).with_redis(redis);
     let result = server::run(SERVICE_NAME, routes, &config.server, listener, readiness, shutdown).await;
     db.close().await;
     result

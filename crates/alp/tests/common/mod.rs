@@ -56,6 +56,9 @@ pub async fn start_with(databases: Databases, dir: Option<tempfile::TempDir>, se
     let signal = stop.clone().cancelled_owned();
     let task = tokio::spawn(suite::run(listeners, databases, settings, signal));
     wait_serving(addresses.scheduler, "alp.scheduler.v1.SchedulerService").await;
+    for dependency in ["content", "scoring", "user"] {
+        wait_serving(addresses.scheduler, &format!("alp.scheduler.v1.SchedulerService/{dependency}")).await;
+    }
     Running { addresses, stop, task, _dir: dir }
 }
 
@@ -71,7 +74,7 @@ pub fn channel(address: SocketAddr) -> Channel {
 /// Polls the health entry until SERVING (bounded: 10 s).
 pub async fn wait_serving(address: SocketAddr, service: &str) {
     for _ in 0..200 {
-        if alp_runtime::clients::check_serving(channel(address), service).await.is_ok() {
+        if alp_runtime::client::check_serving(channel(address), service).await.is_ok() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

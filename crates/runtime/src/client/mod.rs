@@ -12,6 +12,7 @@
 //!
 //! Nothing sits on the raw HTTP channel: every layer sees gRPC codes.
 
+mod config;
 mod endpoints;
 mod retry;
 mod rpc;
@@ -25,39 +26,13 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+pub use config::{ClientArgs, DownstreamConfig};
 pub use endpoints::{EndpointHealth, Endpoints};
 pub use retry::{RetryConfig, Retrying};
-pub use rpc::{Downstream, Method, Rpc};
+pub use rpc::{Downstream, Method, Rpc, SendFn, deadline_for};
 
-use crate::breaker::BreakerConfig;
+use crate::ErrorKind;
 use crate::metrics::code_name;
-
-/// How a service reaches one downstream service.
-#[derive(Debug, Clone)]
-pub struct DownstreamConfig {
-    /// Comma-separated `host:port` (or `http://host:port`) addresses; names are resolved again
-    /// every `refresh`, so a Kubernetes headless Service yields every ready pod.
-    pub address: String,
-    pub connect_timeout: Duration,
-    /// Upper bound of one call when the incoming call has no deadline of its own.
-    pub timeout: Duration,
-    pub refresh: Duration,
-    pub breaker: BreakerConfig,
-    pub retry: RetryConfig,
-}
-
-impl DownstreamConfig {
-    pub fn new(address: impl Into<String>) -> Self {
-        Self {
-            address: address.into(),
-            connect_timeout: Duration::from_secs(1),
-            timeout: Duration::from_secs(5),
-            refresh: Duration::from_secs(5),
-            breaker: BreakerConfig::default(),
-            retry: RetryConfig::default(),
-        }
-    }
-}
 
 /// One attempt's request: the message and the instant the answer is no longer wanted.
 #[derive(Debug, Clone)]
@@ -101,10 +76,30 @@ impl CallError {
         }
     }
 
-    /// The downstream said the request itself is wrong or names nothing (as opposed to being
-    /// unable to answer).
-    pub fn is_answer(&self) -> bool {
-        matches!(self, CallError::Status { status, .. } if crate::breaker::classify(status.code(), false) == crate::breaker::Verdict::Success)
+    /// The downstream could not answer (down, open circuit, out of time, shedding load,
+    /// failing inside), as opposed to answering that the request is wrong or names nothing.
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self.code(),
+            Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::ResourceExhausted
+                | Code::Internal
+                | Code::Unknown
+                | Code::DataLoss
+                | Code::Cancelled
+        )
+    }
+
+    /// What the failure means to the caller's caller: an outage is UNAVAILABLE (or
+    /// DEADLINE_EXCEEDED); any other answer means this service sent something the downstream
+    /// refused, which is this service's bug.
+    pub fn kind(&self) -> ErrorKind {
+        match self.code() {
+            Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+            _ if self.is_outage() => ErrorKind::Unavailable,
+            _ => ErrorKind::Internal,
+        }
     }
 }
 
@@ -144,4 +139,17 @@ pub async fn check_serving(channel: Channel, service: &str) -> Result<(), String
         Ok(response) => Err(format!("{service} is {:?}", response.get_ref().status())),
         Err(status) => Err(format!("{service} unreachable: {}", status.message())),
     }
+}
+
+/// The [`SendFn`](rpc::SendFn) of a generated client's method:
+/// `send!(ContentServiceClient::get_item)`.
+#[macro_export]
+macro_rules! send {
+    ($client:ident :: $method:ident) => {
+        |channel, request| {
+            ::std::boxed::Box::pin(async move {
+                $client::new(channel).max_decoding_message_size(64 * 1024 * 1024).$method(request).await
+            })
+        }
+    };
 }
