@@ -80,10 +80,11 @@ say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-say "cargo test (unit, end to end on SQLite, on PostgreSQL with a Redis Cluster, a Redis failover)"
-rm -f target/tmp/failover-report.txt
+say "cargo test (unit, end to end on SQLite, on PostgreSQL with a Redis Cluster, a Redis failover, fault injection)"
+rm -f target/tmp/failover-report.txt target/tmp/fault-report.txt
 cargo test --workspace 2>&1 | tee "$work/cargo-test.log" | grep -E '^(test result|running|test .*(FAILED|panicked))|error' || true
 cat target/tmp/failover-report.txt 2>/dev/null && echo || true
+cat target/tmp/fault-report.txt 2>/dev/null && echo || true
 if grep -q 'test result: FAILED\|error: test failed\|could not compile' "$work/cargo-test.log"; then
   tail -n 80 "$work/cargo-test.log"
   exit 1

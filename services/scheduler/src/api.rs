@@ -114,16 +114,24 @@ fn candidate(item: &Item, memory: Option<&MemoryRow>) -> Candidate {
     }
 }
 
-/// When scoring is unavailable: due reviews soonest first, then new items in course order.
+/// When scoring is unavailable: due reviews soonest first, then new items in course order, then
+/// (practice only) reviews not yet due, soonest first, so practice never runs dry.
 fn fallback_ranking(candidates: &[Candidate], mode: Mode, count: usize, now: i64) -> Vec<ScoredItem> {
     let due_ms = |c: &Candidate| c.due_time.as_ref().map(timestamp_millis);
-    let mut due: Vec<&Candidate> = candidates.iter().filter(|c| due_ms(c).is_some_and(|d| d <= now)).collect();
-    due.sort_by_key(|c| due_ms(c));
+    let mut reviews: Vec<&Candidate> = candidates.iter().filter(|c| due_ms(c).is_some()).collect();
+    reviews.sort_by_key(|c| due_ms(c));
+    let (due, early): (Vec<&Candidate>, Vec<&Candidate>) =
+        reviews.into_iter().partition(|c| due_ms(c).is_some_and(|d| d <= now));
     let fresh = candidates.iter().filter(|c| c.memory.is_none());
     let picked: Vec<(&Candidate, Reason)> = match mode {
         Mode::Review => due.into_iter().map(|c| (c, Reason::DueReview)).collect(),
         Mode::MockTest => fresh.map(|c| (c, Reason::MockTest)).collect(),
-        _ => due.into_iter().map(|c| (c, Reason::DueReview)).chain(fresh.map(|c| (c, Reason::New))).collect(),
+        _ => due
+            .into_iter()
+            .map(|c| (c, Reason::DueReview))
+            .chain(fresh.map(|c| (c, Reason::New)))
+            .chain(early.into_iter().map(|c| (c, Reason::EarlyReview)))
+            .collect(),
     };
     picked
         .into_iter()
@@ -255,14 +263,7 @@ impl SchedulerService for SchedulerApi {
             Err(error) if error.is_outage() => {
                 tracing::warn!(%error, "scoring unavailable; local fallback ranking");
                 metrics::counter!("alp_scheduler_degraded_total").increment(1);
-                (
-                    fallback_ranking(&candidates, mode, count as usize, now),
-                    None,
-                    format!(
-                        "scoring unavailable ({}); fallback ordering",
-                        alp_runtime::metrics::code_name(error.code())
-                    ),
-                )
+                (fallback_ranking(&candidates, mode, count as usize, now), None, format!("fallback ordering; {error}"))
             }
             // Scoring refused the request: a bug here, not an outage to hide.
             Err(error) => return Err(SchedulerError::Downstream(error).into()),

@@ -141,7 +141,10 @@ impl Downstreams {
             Ok(Err(BatchError::Lost(batcher))) => {
                 Err(SchedulerError::Unavailable(format!("item lookup lost by batcher {batcher}")))
             }
-            Err(_) => Err(SchedulerError::Unavailable("content service: no answer within the deadline".to_owned())),
+            Err(_) => Err(SchedulerError::Downstream(CallError::DeadlineExceeded {
+                downstream: self.content.name().into(),
+                method: "BatchGetItems",
+            })),
         }
     }
 
