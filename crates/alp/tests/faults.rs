@@ -257,7 +257,12 @@ impl Tally {
         match result {
             Ok(_) => self.ok += 1,
             Err(status) => {
-                *self.errors.entry(alp_runtime::metrics::code_name(status.code()).to_owned()).or_default() += 1
+                // tonic's client gives up at the deadline itself, and calls that CANCELLED.
+                let code = match status.code() {
+                    Code::Cancelled if status.message().contains("Timeout expired") => Code::DeadlineExceeded,
+                    code => code,
+                };
+                *self.errors.entry(alp_runtime::metrics::code_name(code).to_owned()).or_default() += 1;
             }
         }
     }
