@@ -88,10 +88,6 @@ pub struct Admission<S> {
     limit: usize,
 }
 
-fn refuse<B: Default>(status: tonic::Status) -> http::Response<B> {
-    status.into_http()
-}
-
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Admission<S>
 where
     S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>, Error = Infallible>,
@@ -107,50 +103,38 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let path = request.uri().path();
-        let exempt = always_admitted(path);
         let timeout = request.headers().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
-        let permit = match (&self.in_flight, exempt) {
-            (Some(in_flight), false) => match in_flight.clone().try_acquire_owned() {
+        if timeout.is_some_and(|t| t.is_zero()) {
+            let refused = tonic::Status::deadline_exceeded("deadline expired before the call started");
+            return Box::pin(async move { Ok(refused.into_http()) });
+        }
+        let permit = match &self.in_flight {
+            Some(in_flight) if !always_admitted(request.uri().path()) => match in_flight.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
                     metrics::counter!("alp_grpc_server_shed_total").increment(1);
-                    let limit = self.limit;
-                    return Box::pin(async move {
-                        Ok(refuse(tonic::Status::resource_exhausted(format!(
-                            "server is at its limit of {limit} calls in flight; retry with backoff"
-                        ))))
-                    });
+                    let refused = tonic::Status::resource_exhausted(format!(
+                        "server is at its limit of {} calls in flight; retry with backoff",
+                        self.limit
+                    ));
+                    return Box::pin(async move { Ok(refused.into_http()) });
                 }
             },
             _ => None,
         };
-        let Some(timeout) = timeout else {
-            let future = self.inner.call(request);
-            return Box::pin(async move {
-                let response = future.await;
-                drop(permit);
-                response
-            });
-        };
-        if timeout.is_zero() {
-            return Box::pin(async {
-                Ok(refuse(tonic::Status::deadline_exceeded("deadline expired before the call started")))
-            });
-        }
-        let deadline = Instant::now() + timeout;
         let future = self.inner.call(request);
         Box::pin(async move {
-            let answered = scope(deadline, tokio::time::timeout_at(deadline, future)).await;
-            drop(permit);
-            match answered {
+            // The permit lives as long as the call.
+            let _permit = permit;
+            let Some(timeout) = timeout else { return future.await };
+            let deadline = Instant::now() + timeout;
+            match scope(deadline, tokio::time::timeout_at(deadline, future)).await {
                 Ok(response) => response,
                 Err(_) => {
                     metrics::counter!("alp_grpc_server_deadline_exceeded_total").increment(1);
-                    Ok(refuse(tonic::Status::deadline_exceeded(format!(
-                        "deadline of {} ms exceeded",
-                        timeout.as_millis()
-                    ))))
+                    let expired =
+                        tonic::Status::deadline_exceeded(format!("deadline of {} ms exceeded", timeout.as_millis()));
+                    Ok(expired.into_http())
                 }
             }
         })

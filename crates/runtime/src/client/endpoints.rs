@@ -102,10 +102,6 @@ impl Picked {
     pub fn channel(&self) -> Channel {
         self.replica.channel.clone()
     }
-
-    pub fn address(&self) -> SocketAddr {
-        self.replica.address
-    }
 }
 
 impl Drop for Picked {
@@ -170,10 +166,6 @@ impl Endpoints {
         let stop = endpoints.shared.stop.clone();
         tokio::spawn(refresh_loop(weak, targets, refresh, stop));
         Ok(endpoints)
-    }
-
-    pub fn name(&self) -> &str {
-        &self.shared.name
     }
 
     /// Every known replica and its health.

@@ -68,14 +68,6 @@ impl CallError {
         }
     }
 
-    /// The downstream's own message (for a status), or what happened.
-    pub fn message(&self) -> String {
-        match self {
-            CallError::Status { status, .. } => status.message().to_owned(),
-            other => other.to_string(),
-        }
-    }
-
     /// The downstream could not answer (down, open circuit, out of time, shedding load,
     /// failing inside), as opposed to answering that the request is wrong or names nothing.
     pub fn is_outage(&self) -> bool {

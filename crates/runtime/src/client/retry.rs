@@ -4,12 +4,11 @@
 //! are retried (UNAVAILABLE, RESOURCE_EXHAUSTED from a shedding server, ABORTED); an open
 //! circuit, a spent deadline and every client error are not.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use rand::Rng;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Service, ServiceExt};
@@ -90,7 +89,7 @@ where
 {
     type Response = Resp;
     type Error = CallError;
-    type Future = Pin<Box<dyn Future<Output = Result<Resp, CallError>> + Send>>;
+    type Future = BoxFuture<'static, Result<Resp, CallError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
         // Each attempt waits for readiness of its own clone.

@@ -1,8 +1,6 @@
 //! One downstream service and the per-method call stacks over it.
 
-use std::future::Future;
 use std::marker::PhantomData;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -84,14 +82,6 @@ impl Downstream {
         &self.name
     }
 
-    pub fn endpoints(&self) -> &Endpoints {
-        &self.endpoints
-    }
-
-    pub fn breaker(&self) -> &CircuitBreaker {
-        &self.breaker
-    }
-
     /// Readiness: some replica reports SERVING.
     pub fn check_serving(&self) -> Result<(), String> {
         if self.endpoints.any_serving() {
@@ -120,21 +110,9 @@ impl Downstream {
                 Arc::clone(&self.name),
                 method.name,
             );
-            BoxCloneSyncService::new(Budgeted {
-                inner: retrying,
-                name: Arc::clone(&self.name),
-                method: method.name,
-                timeout,
-                _request: PhantomData,
-            })
+            Budgeted::boxed(retrying, &self.name, method.name, timeout)
         } else {
-            BoxCloneSyncService::new(Budgeted {
-                inner: breaking,
-                name: Arc::clone(&self.name),
-                method: method.name,
-                timeout,
-                _request: PhantomData,
-            })
+            Budgeted::boxed(breaking, &self.name, method.name, timeout)
         };
         Rpc { service }
     }
@@ -208,6 +186,23 @@ struct Budgeted<S, Req> {
     _request: PhantomData<fn(Req)>,
 }
 
+impl<S, Req, Resp> Budgeted<S, Req>
+where
+    S: Service<Call<Req>, Response = Resp, Error = CallError> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    fn boxed(
+        inner: S,
+        name: &Arc<str>,
+        method: &'static str,
+        timeout: Duration,
+    ) -> BoxCloneSyncService<Req, Resp, CallError> {
+        BoxCloneSyncService::new(Self { inner, name: Arc::clone(name), method, timeout, _request: PhantomData })
+    }
+}
+
 impl<S: Clone, Req> Clone for Budgeted<S, Req> {
     fn clone(&self) -> Self {
         Self {
@@ -229,7 +224,7 @@ where
 {
     type Response = Resp;
     type Error = CallError;
-    type Future = Pin<Box<dyn Future<Output = Result<Resp, CallError>> + Send>>;
+    type Future = BoxFuture<'static, Result<Resp, CallError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
         Poll::Ready(Ok(()))
@@ -275,7 +270,7 @@ where
 {
     type Response = Resp;
     type Error = CallError;
-    type Future = Pin<Box<dyn Future<Output = Result<Resp, CallError>> + Send>>;
+    type Future = BoxFuture<'static, Result<Resp, CallError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
         Poll::Ready(Ok(()))
@@ -317,7 +312,7 @@ impl<Req, Resp> Clone for Unary<Req, Resp> {
 impl<Req: Send + 'static, Resp: Send + 'static> Service<Call<Req>> for Unary<Req, Resp> {
     type Response = Resp;
     type Error = CallError;
-    type Future = Pin<Box<dyn Future<Output = Result<Resp, CallError>> + Send>>;
+    type Future = BoxFuture<'static, Result<Resp, CallError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), CallError>> {
         Poll::Ready(Ok(()))
