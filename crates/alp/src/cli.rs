@@ -34,6 +34,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Applies a service's database migrations.
     Migrate(MigrateArgs),
+    /// Loads a seeded, realistic data set into a running suite through its public APIs
+    /// (resumable: progress is kept in --checkpoint).
+    Dataset(alp_bench::dataset::DatasetArgs),
+    /// Drives a running suite with open-loop load and reports latency, throughput and errors.
+    Load(Box<alp_bench::load::LoadArgs>),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -44,6 +49,9 @@ pub enum BenchCommand {
     /// The adaptive engine on simulated learners: recall prediction, adaptive practice; writes
     /// docs/quality.md and docs/quality-calibration.svg.
     Quality(alp_bench::quality::QualityArgs),
+    /// Serves the bare fan-out reference (one Redis GET and three gRPC calls per NextItems) that
+    /// docs/capacity.md sets NextItems against.
+    Reference(alp_bench::reference::ReferenceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +124,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev(args).await,
         Command::Serve(args) => serve(args).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Dataset(args) => alp_bench::dataset::run(&args).await,
+        Command::Load(args) => {
+            let report = alp_bench::load::run(&args).await?;
+            print!("{}", report.table());
+            if let Some(out) = &args.out {
+                tracing::info!(result = %out.display(), "load result written");
+            }
+            let failed: u64 = report.steps.iter().map(|s| s.completed - s.ok).sum();
+            if args.fail_on_errors && failed > 0 {
+                anyhow::bail!("{failed} requests failed or were answered wrongly");
+            }
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Reference(args)) => alp_bench::reference::run(&args).await,
         Command::Bench(BenchCommand::Quality(args)) => {
             let out = args.out.clone();
             tokio::task::spawn_blocking(move || alp_bench::quality::run(&args)).await??;

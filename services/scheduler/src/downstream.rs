@@ -34,6 +34,12 @@ const ITEM_BATCH: BatchConfig =
     BatchConfig { max_size: 200, max_delay: Duration::from_millis(2), queue: 10_000, max_in_flight: 8 };
 /// The most ids BatchGetItems takes.
 const ITEMS_PER_CALL: usize = 500;
+/// How long a course's items in service and its skill graph are reused. Every NextItems needs the
+/// whole course (a thousand items is a few hundred kB): listing it per call cost more than all the
+/// rest of NextItems together. New, changed and retired items reach NextItems within this time.
+pub const CATALOGUE_TTL: Duration = Duration::from_secs(5);
+/// Courses whose catalogue is kept.
+const CATALOGUE_COURSES: u64 = 1_000;
 
 /// Where each downstream is and how to call it.
 #[derive(Debug, Clone)]
@@ -57,6 +63,8 @@ pub struct Downstreams {
     pub apply_attempt: Rpc<ApplyAttemptRequest, ApplyAttemptResponse>,
     pub record_progress: Rpc<RecordProgressRequest, RecordProgressResponse>,
     items: Batcher<String, Item, CallError>,
+    course_items: moka::future::Cache<String, Arc<Vec<Item>>>,
+    skill_graphs: moka::future::Cache<String, Arc<Vec<SkillPrerequisites>>>,
     learners: Arc<Mutex<HashMap<String, Learner>>>,
     item_timeout: Duration,
 }
@@ -99,6 +107,8 @@ impl Downstreams {
             batch_get_items,
             record_progress,
             items,
+            course_items: catalogue_cache(),
+            skill_graphs: catalogue_cache(),
             content,
             scoring,
             user,
@@ -165,8 +175,27 @@ impl Downstreams {
         seen: &HashSet<String>,
         want: usize,
     ) -> Result<Vec<Item>, SchedulerError> {
+        let items = self
+            .course_items
+            .try_get_with_by_ref(course_id, self.list_course_items(course_id))
+            .await
+            .map_err(|error| course_error(course_id, (*error).clone()))?;
+        Ok(items.iter().filter(|item| !seen.contains(&item.item_id)).take(want).cloned().collect())
+    }
+
+    /// The prerequisites of every skill of a course that has any.
+    pub async fn skill_graph(&self, course_id: &str) -> Result<Vec<SkillPrerequisites>, SchedulerError> {
+        let graph = self
+            .skill_graphs
+            .try_get_with_by_ref(course_id, self.list_skill_graph(course_id))
+            .await
+            .map_err(|error| course_error(course_id, (*error).clone()))?;
+        Ok(graph.as_ref().clone())
+    }
+
+    async fn list_course_items(&self, course_id: &str) -> Result<Arc<Vec<Item>>, CallError> {
         const MAX_PAGES: usize = 50;
-        let mut unseen = Vec::new();
+        let mut items = Vec::new();
         let mut page_token = String::new();
         for _ in 0..MAX_PAGES {
             let page = self
@@ -177,20 +206,17 @@ impl Downstreams {
                     page_token,
                     ..Default::default()
                 })
-                .await
-                .map_err(|error| course_error(course_id, error))?;
-            unseen.extend(page.items.into_iter().filter(|i| !seen.contains(&i.item_id)));
-            if unseen.len() >= want || page.next_page_token.is_empty() {
+                .await?;
+            items.extend(page.items);
+            if page.next_page_token.is_empty() {
                 break;
             }
             page_token = page.next_page_token;
         }
-        unseen.truncate(want);
-        Ok(unseen)
+        Ok(Arc::new(items))
     }
 
-    /// The prerequisites of every skill of a course that has any.
-    pub async fn skill_graph(&self, course_id: &str) -> Result<Vec<SkillPrerequisites>, SchedulerError> {
+    async fn list_skill_graph(&self, course_id: &str) -> Result<Arc<Vec<SkillPrerequisites>>, CallError> {
         const MAX_PAGES: usize = 10;
         let mut graph = Vec::new();
         let mut page_token = String::new();
@@ -198,8 +224,7 @@ impl Downstreams {
             let page = self
                 .list_skills
                 .call(ListSkillsRequest { course_id: course_id.to_owned(), page_size: 1000, page_token })
-                .await
-                .map_err(|error| course_error(course_id, error))?;
+                .await?;
             graph.extend(page.skills.into_iter().filter(|s| !s.prerequisite_skill_ids.is_empty()).map(|s| {
                 SkillPrerequisites { skill_id: s.skill_id, prerequisite_skill_ids: s.prerequisite_skill_ids }
             }));
@@ -208,8 +233,13 @@ impl Downstreams {
             }
             page_token = page.next_page_token;
         }
-        Ok(graph)
+        Ok(Arc::new(graph))
     }
+}
+
+/// A per-course cache; concurrent misses for one course share one listing.
+fn catalogue_cache<V: Clone + Send + Sync + 'static>() -> moka::future::Cache<String, V> {
+    moka::future::Cache::builder().max_capacity(CATALOGUE_COURSES).time_to_live(CATALOGUE_TTL).build()
 }
 
 /// A failed call about a course: NOT_FOUND is the caller's unknown course, anything else is

@@ -31,7 +31,7 @@ pub fn markdown(r: &QualityReport) -> String {
         a.efficiency_learners,
         a.efficiency_days,
         a.study_minutes,
-        machine()
+        crate::machine()
     );
 
     let _ = writeln!(md, "## Recall prediction\n");
@@ -186,22 +186,6 @@ fn efficiency(md: &mut String, r: &QualityReport) {
             );
         }
     }
-}
-
-/// The CPU model and core count, as far as the system says.
-fn machine() -> String {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(str::trim)
-                .map(String::from)
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    format!("{model}, {cores} cores")
 }
 
 const COLOURS: [&str; 4] = ["#999999", "#d95f02", "#1b9e77", "#7570b3"];

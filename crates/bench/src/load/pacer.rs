@@ -1,0 +1,256 @@
+//! The open loop: a thread of its own sends request `i` of a phase at `start + i / rate` whatever
+//! the answers are doing, and each answer's latency is measured from that intended time, so a
+//! slow server shows as latency rather than as a generator that quietly slowed down.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use super::observe::{Sample, Watch};
+use super::workload::{OpKind, Workload};
+use crate::target::Clients;
+
+/// A send later than this after its intended time counts as late: the generator fell behind.
+pub const LATE_AFTER: Duration = Duration::from_millis(1);
+/// Latencies are recorded in microseconds up to a minute.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// A stretch of constant arrival rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Phase {
+    pub label: String,
+    pub rate: f64,
+    pub duration: Duration,
+    /// Warm-up phases are sent but not reported.
+    pub measured: bool,
+}
+
+impl Phase {
+    pub fn requests(&self) -> u64 {
+        (self.rate * self.duration.as_secs_f64()).round() as u64
+    }
+
+    /// When request `i` of the phase is due, counted from the phase's start.
+    pub fn offset(&self, i: u64) -> Duration {
+        Duration::from_secs_f64(i as f64 / self.rate)
+    }
+}
+
+/// Latency of one kind of request, or of all.
+pub type Latencies = Histogram<u64>;
+
+// The bounds are valid constants: three significant digits between 1 µs and a minute.
+#[allow(clippy::expect_used)]
+fn histogram() -> Latencies {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
+}
+
+/// What happened to a phase's requests; filled in by the tasks that send them.
+#[derive(Debug)]
+pub struct PhaseStats {
+    pub phase: Phase,
+    pub sent: AtomicU64,
+    pub late: AtomicU64,
+    pub completed: AtomicU64,
+    pub ok: AtomicU64,
+    /// How far behind its intended time each request was sent.
+    send_lag: Mutex<Latencies>,
+    latencies: Mutex<(Latencies, BTreeMap<OpKind, Latencies>)>,
+    errors: Mutex<BTreeMap<String, u64>>,
+    samples: Mutex<Vec<JoinHandle<Sample>>>,
+}
+
+impl PhaseStats {
+    pub fn new(phase: Phase) -> Self {
+        Self {
+            phase,
+            sent: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            send_lag: Mutex::new(histogram()),
+            latencies: Mutex::new((histogram(), BTreeMap::new())),
+            errors: Mutex::new(BTreeMap::new()),
+            samples: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn record(&self, kind: OpKind, latency: Duration, outcome: Result<(), String>) {
+        let micros = (latency.as_micros() as u64).clamp(1, MAX_LATENCY_US);
+        {
+            let mut latencies = self.latencies.lock().unwrap_or_else(PoisonError::into_inner);
+            latencies.0.saturating_record(micros);
+            latencies.1.entry(kind).or_insert_with(histogram).saturating_record(micros);
+        }
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Ok(()) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                *self.errors.lock().unwrap_or_else(PoisonError::into_inner).entry(error).or_default() += 1;
+            }
+        }
+    }
+
+    fn sent(&self, lag: Duration) {
+        if lag > LATE_AFTER {
+            self.late.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        let micros = (lag.as_micros() as u64).clamp(1, MAX_LATENCY_US);
+        self.send_lag.lock().unwrap_or_else(PoisonError::into_inner).saturating_record(micros);
+    }
+
+    pub fn send_lag(&self) -> Latencies {
+        self.send_lag.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn latencies(&self) -> (Latencies, BTreeMap<OpKind, Latencies>) {
+        self.latencies.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn errors(&self) -> BTreeMap<String, u64> {
+        self.errors.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Samples of the watched processes at the phase's start and end.
+    pub async fn samples(&self) -> Vec<Sample> {
+        let handles: Vec<_> = std::mem::take(&mut *self.samples.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut samples = Vec::with_capacity(handles.len());
+        for handle in handles {
+            if let Ok(sample) = handle.await {
+                samples.push(sample);
+            }
+        }
+        samples
+    }
+}
+
+/// Everything the pacing thread needs.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    pub handle: Handle,
+    pub clients: Vec<Clients>,
+    pub timeout: Duration,
+    /// Bounds requests in flight; a send that finds none free waits (and is late).
+    pub in_flight: Arc<Semaphore>,
+    pub watch: Arc<Watch>,
+    /// Index into the phases of the one being sent, for the progress display.
+    pub current: Arc<AtomicUsize>,
+}
+
+impl Pacer {
+    /// Sends the phases back to back on the calling (blocking) thread; returns when the last
+    /// request has been sent, not answered.
+    pub fn run(&self, phases: &[Arc<PhaseStats>], workload: &mut Workload) {
+        raise_priority();
+        let mut start = Instant::now();
+        let mut next_client = 0;
+        for (index, stats) in phases.iter().enumerate() {
+            self.current.store(index, Ordering::Relaxed);
+            let watch = self.watch.clone();
+            let begin = self.handle.spawn(async move { watch.sample().await });
+            for i in 0..stats.phase.requests() {
+                let intended = start + stats.phase.offset(i);
+                let op = workload.next_op();
+                let now = Instant::now();
+                if intended > now {
+                    std::thread::sleep(intended - now);
+                }
+                let permit = match self.in_flight.clone().try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => match self.handle.block_on(self.in_flight.clone().acquire_owned()) {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                };
+                stats.sent(intended.elapsed());
+                let clients = self.clients[next_client].clone();
+                next_client = (next_client + 1) % self.clients.len();
+                let (stats, timeout) = (stats.clone(), self.timeout);
+                self.handle.spawn(async move {
+                    let kind = op.kind();
+                    let outcome = op.send(&clients, timeout).await;
+                    stats.record(kind, intended.elapsed(), outcome);
+                    drop(permit);
+                });
+            }
+            start += stats.phase.duration;
+            let now = Instant::now();
+            if start > now {
+                std::thread::sleep(start - now);
+            }
+            let watch = self.watch.clone();
+            let end = self.handle.spawn(async move { watch.sample().await });
+            stats.samples.lock().unwrap_or_else(PoisonError::into_inner).extend([begin, end]);
+        }
+    }
+}
+
+/// On a machine whose cores the suite keeps busy, an ordinary thread waking from its sleep can
+/// wait milliseconds for a core, and every send behind it is late. The pacing thread asks for a
+/// real-time (FIFO) priority, else a higher nice value, through util-linux (root or CAP_SYS_NICE);
+/// it sleeps between sends, so it takes little from the suite. Without either, it runs as it is
+/// and late sends say so.
+fn raise_priority() {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    // "/proc/thread-self" links to "<pid>/task/<tid>".
+    let Some(tid) = std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|link| link.file_name().map(|tid| tid.to_string_lossy().into_owned()))
+    else {
+        return;
+    };
+    let quiet = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if quiet("chrt", &["--fifo", "-p", "10", &tid]) || quiet("renice", &["-n", "-15", "-p", &tid]) {
+        return;
+    }
+    WARNED.call_once(|| {
+        tracing::warn!(
+            "cannot raise the pacing thread's priority (chrt/renice refused): sends may be late on a busy machine"
+        );
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sends_are_spread_evenly_over_the_phase() {
+        let phase = Phase { label: "x".into(), rate: 400.0, duration: Duration::from_secs(3), measured: true };
+        assert_eq!(phase.requests(), 1200);
+        assert_eq!(phase.offset(0), Duration::ZERO);
+        assert_eq!(phase.offset(1), Duration::from_micros(2500));
+        assert_eq!(phase.offset(1199), Duration::from_micros(2_997_500));
+    }
+
+    #[test]
+    fn records_latency_by_kind_and_errors_by_name() {
+        let stats =
+            PhaseStats::new(Phase { label: "x".into(), rate: 1.0, duration: Duration::from_secs(1), measured: true });
+        stats.record(OpKind::GetItem, Duration::from_micros(800), Ok(()));
+        stats.record(OpKind::GetItem, Duration::from_millis(3), Err("Unavailable".into()));
+        stats.record(OpKind::SearchItems, Duration::from_secs(120), Err("DeadlineExceeded".into()));
+        let (all, by_kind) = stats.latencies();
+        assert_eq!(all.len(), 3);
+        assert_eq!(by_kind[&OpKind::GetItem].len(), 2);
+        assert!(all.max() >= 59_000_000, "latencies above the bound are kept at the bound");
+        assert_eq!(stats.ok.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.errors(), BTreeMap::from([("DeadlineExceeded".into(), 1), ("Unavailable".into(), 1)]));
+    }
+}
