@@ -13,7 +13,8 @@
 # Knobs (environment): ALP_CAPACITY_LEARNERS (100000), ALP_CAPACITY_ITEMS (20000),
 # ALP_CAPACITY_STEP (60s), ALP_CAPACITY_WARMUP (10s), ALP_CAPACITY_WORK (/tmp/alp-capacity: the
 # database and the data-set checkpoint live there, so a second run skips the load),
-# ALP_CAPACITY_ENDPOINTS (all), ALP_CAPACITY_OUT (docs).
+# ALP_CAPACITY_ENDPOINTS (all), ALP_CAPACITY_OUT (docs); ALP_CAPACITY_HOLD=1 starts the suite, loads
+# the data set and waits, for profiling by hand (the --watch flags are in $work/watch-args).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -44,7 +45,8 @@ if [ ! -d "$work/pg" ]; then
 fi
 touch "$work/logs/postgres.log" && [ "$(id -u)" = 0 ] && chown postgres "$work/logs/postgres.log"
 as_pg "$pg_bin/pg_ctl" -D "$work/pg" -w -l "$work/logs/postgres.log" -o "-c listen_addresses=127.0.0.1 -p $pg_port \
-  -k $work/pg -c fsync=on -c synchronous_commit=on -c max_connections=400 -c shared_buffers=512MB" start >/dev/null
+  -k $work/pg -c fsync=on -c synchronous_commit=on -c max_connections=400 -c shared_buffers=512MB \
+  -c shared_preload_libraries=pg_stat_statements" start >/dev/null
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -68,7 +70,7 @@ nodes=()
 for i in 0 1 2 3 4 5; do
   port=$((redis_base + i))
   mkdir -p "$work/redis/$port"
-  (cd "$work/redis/$port" && redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
+  (cd "$work/redis/$port" && exec redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
     --cluster-config-file nodes.conf --cluster-node-timeout 2000 --save '' --appendonly no \
     --repl-diskless-sync-delay 0 --daemonize no >"$work/logs/redis-$port.log" 2>&1) &
   pids+=($!)
@@ -106,6 +108,12 @@ shape=(--learners "$learners" --items "$items")
 
 say "data set: $learners learners, $items items (resumes from $work/dataset.json)"
 "$alp" dataset "${shape[@]}" --checkpoint "$work/dataset.json" --quiet
+
+if [ -n "${ALP_CAPACITY_HOLD:-}" ]; then
+  say "suite running (scheduler 127.0.0.1:50051; PostgreSQL 127.0.0.1:$pg_port; Redis $redis_nodes); Ctrl-C stops it"
+  printf '%s\n' "${watch[@]}" | paste -sd' ' >"$work/watch-args"
+  sleep infinity
+fi
 
 # --- stepped runs up to saturation ------------------------------------------------------------
 declare -A start=([next-items]=200 [submit-attempt]=200 [get-progress]=1000 [get-item]=1000 [search-items]=200 [mix]=200)

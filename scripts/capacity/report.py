@@ -60,7 +60,8 @@ w(f"- Versions: ALP {run['commit']}, {run['rustc']}, {run['postgres']}, Redis {r
 w(f"- Data set: {run['learners']:,} learners, {run['items']:,} items in 20 courses of 25 skills with prerequisites, "
   f"{run['attempts_loaded']:,} attempts of history loaded through the APIs (`alp dataset`); in PostgreSQL "
   f"{run['postgres_rows']['attempts']:,} attempts and {run['postgres_rows']['memory_states']:,} memory states after the runs. "
-  "Learners, courses, items and search words are Zipf-popular (exponent 1), so the cache hit ratios below are measured.")
+  "Courses, items and search words are Zipf-popular (exponent 1) and learners' activity too (exponent 0.5: one "
+  "person answers one item at a time), so the cache hit ratios below are measured, not assumed.")
 w("- PostgreSQL with `fsync=on`, `synchronous_commit=on`; Redis Cluster of 3 primaries and 3 replicas, empty at the start.")
 w(f"- Open loop (`alp load`): constant arrival rate per step, latency from each request's intended send time into an "
   f"HDR histogram, {run['warmup']} warm-up discarded, {run['step']} measured per step, rates growing by 1.4× until "
@@ -134,6 +135,30 @@ if pgbench:
     w(f"pgbench with SubmitAttempt's transaction (`scripts/capacity/attempt.sql`: the attempt with its idempotency "
       f"key, the memory-state upsert and the outbox row, on the scheduler's schema), {pgbench['clients']} clients, "
       f"{pgbench['seconds']} s: **{pgbench['tps']:,.0f} TPS**, {pgbench['latency_ms']:.2f} ms average.\n")
+
+mix = reports.get("mix")
+mix_step = capacity_step(mix) if mix else None
+if mix_step:
+    PLAN = {"scheduler": (750, "8–12"), "user": (500, "6–10"), "content": (600, "4–6"), "scoring": (1500, "4–6")}
+    w("## Cost per service and Helm sizing\n")
+    w(f"From the mix at {mix_step['target_rps']:,.0f}/s (its highest valid step within SLO, else the highest valid "
+      "step): the CPU each service spends per mixed request, its memory (proportional set size, so PostgreSQL's "
+      "shared buffers count once), and what that means for the old plan's 50,000 requests per second with pods "
+      "at the plan's CPU requests and the HPA's 60 % target.\n")
+    w("| service | CPU µs per mixed request | cores per 1,000 req/s | memory MiB | pods for 50k req/s at the plan's request | the plan's replicas |")
+    w("|---|---|---|---|---|---|")
+    for svc in SERVICES:
+        p = mix_step["processes"].get(svc)
+        if not p:
+            continue
+        cores = p["cpu_us_per_request"] / 1000
+        if svc in PLAN:
+            millicores, replicas = PLAN[svc]
+            pods = f"{50 * cores / 0.6 / (millicores / 1000):,.0f} at {millicores}m"
+        else:
+            pods, replicas = "–", "–"
+        w(f"| {svc} | {p['cpu_us_per_request']:,.0f} | {cores:.2f} | {p['memory_mib']:,.0f} | {pods} | {replicas} |")
+    w("")
 
 w("## The generator\n")
 rows = []

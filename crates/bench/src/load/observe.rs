@@ -45,7 +45,9 @@ pub struct Watch {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Usage {
     pub cpu_seconds: f64,
-    pub rss_bytes: u64,
+    /// Proportional set size where the kernel reports it (memory shared between the processes of
+    /// a tree, such as PostgreSQL's buffers, counted once), else resident set size.
+    pub memory_bytes: u64,
 }
 
 /// Cache lookups a service has counted so far.
@@ -112,7 +114,15 @@ fn read_process(dir: &str) -> Option<(u32, Usage)> {
     let parent = fields.get(1)?.parse().ok()?;
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     let pages: u64 = fields.get(21)?.parse().ok()?;
-    Some((parent, Usage { cpu_seconds: ticks / TICKS_PER_SECOND, rss_bytes: pages * 4096 }))
+    let memory_bytes = proportional_set_size(dir).unwrap_or(pages * 4096);
+    Some((parent, Usage { cpu_seconds: ticks / TICKS_PER_SECOND, memory_bytes }))
+}
+
+fn proportional_set_size(dir: &str) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("{dir}/smaps_rollup")).ok()?;
+    let line = rollup.lines().find(|l| l.starts_with("Pss:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Processes and all their descendants, summed.
@@ -130,7 +140,7 @@ fn tree_usage(table: &[(u32, u32, Usage)], roots: &[u32]) -> Usage {
     }
     table.iter().filter(|(pid, _, _)| members.contains(pid)).fold(Usage::default(), |sum, (_, _, usage)| Usage {
         cpu_seconds: sum.cpu_seconds + usage.cpu_seconds,
-        rss_bytes: sum.rss_bytes + usage.rss_bytes,
+        memory_bytes: sum.memory_bytes + usage.memory_bytes,
     })
 }
 
@@ -170,10 +180,10 @@ mod tests {
     #[test]
     fn reads_this_process() {
         let usage = self_usage();
-        assert!(usage.rss_bytes > 0);
+        assert!(usage.memory_bytes > 0);
         let table = process_table();
         let me = std::process::id();
-        assert!(tree_usage(&table, &[me]).rss_bytes >= usage.rss_bytes / 2);
+        assert!(tree_usage(&table, &[me]).memory_bytes >= usage.memory_bytes / 2);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use super::observe::{Sample, Watch};
-use super::workload::{OpKind, Workload};
+use super::workload::{Failure, OpKind, Workload};
 use crate::target::Clients;
 
 /// A send later than this after its intended time counts as late: the generator fell behind.
@@ -62,7 +62,8 @@ pub struct PhaseStats {
     /// How far behind its intended time each request was sent.
     send_lag: Mutex<Latencies>,
     latencies: Mutex<(Latencies, BTreeMap<OpKind, Latencies>)>,
-    errors: Mutex<BTreeMap<String, u64>>,
+    /// Count and first example of each kind of failure.
+    errors: Mutex<BTreeMap<String, (u64, String)>>,
     samples: Mutex<Vec<JoinHandle<Sample>>>,
 }
 
@@ -81,7 +82,7 @@ impl PhaseStats {
         }
     }
 
-    pub fn record(&self, kind: OpKind, latency: Duration, outcome: Result<(), String>) {
+    pub fn record(&self, kind: OpKind, latency: Duration, outcome: Result<(), Failure>) {
         let micros = (latency.as_micros() as u64).clamp(1, MAX_LATENCY_US);
         {
             let mut latencies = self.latencies.lock().unwrap_or_else(PoisonError::into_inner);
@@ -93,8 +94,9 @@ impl PhaseStats {
             Ok(()) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
             }
-            Err(error) => {
-                *self.errors.lock().unwrap_or_else(PoisonError::into_inner).entry(error).or_default() += 1;
+            Err(failure) => {
+                let mut errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
+                errors.entry(failure.kind).or_insert((0, failure.detail)).0 += 1;
             }
         }
     }
@@ -116,7 +118,8 @@ impl PhaseStats {
         self.latencies.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    pub fn errors(&self) -> BTreeMap<String, u64> {
+    /// Count and first example of each kind of failure.
+    pub fn errors(&self) -> BTreeMap<String, (u64, String)> {
         self.errors.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
@@ -244,13 +247,21 @@ mod tests {
         let stats =
             PhaseStats::new(Phase { label: "x".into(), rate: 1.0, duration: Duration::from_secs(1), measured: true });
         stats.record(OpKind::GetItem, Duration::from_micros(800), Ok(()));
-        stats.record(OpKind::GetItem, Duration::from_millis(3), Err("Unavailable".into()));
-        stats.record(OpKind::SearchItems, Duration::from_secs(120), Err("DeadlineExceeded".into()));
+        let failure = |kind: &str, detail: &str| Err(Failure { kind: kind.into(), detail: detail.into() });
+        stats.record(OpKind::GetItem, Duration::from_millis(3), failure("Unavailable", "first"));
+        stats.record(OpKind::GetItem, Duration::from_millis(3), failure("Unavailable", "second"));
+        stats.record(OpKind::SearchItems, Duration::from_secs(120), failure("DeadlineExceeded", "slow"));
         let (all, by_kind) = stats.latencies();
-        assert_eq!(all.len(), 3);
-        assert_eq!(by_kind[&OpKind::GetItem].len(), 2);
+        assert_eq!(all.len(), 4);
+        assert_eq!(by_kind[&OpKind::GetItem].len(), 3);
         assert!(all.max() >= 59_000_000, "latencies above the bound are kept at the bound");
         assert_eq!(stats.ok.load(Ordering::Relaxed), 1);
-        assert_eq!(stats.errors(), BTreeMap::from([("DeadlineExceeded".into(), 1), ("Unavailable".into(), 1)]));
+        assert_eq!(
+            stats.errors(),
+            BTreeMap::from([
+                ("DeadlineExceeded".into(), (1, "slow".into())),
+                ("Unavailable".into(), (2, "first".into()))
+            ])
+        );
     }
 }

@@ -66,7 +66,9 @@ pub struct ProcessReport {
     pub cpu_cores: f64,
     /// CPU time per successful request, in microseconds.
     pub cpu_us_per_request: f64,
-    pub rss_mib: f64,
+    /// Memory at the end of the step: proportional set size (shared pages split between the
+    /// processes sharing them), in MiB.
+    pub memory_mib: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,6 +86,8 @@ pub struct StepReport {
     pub achieved_rps: f64,
     pub error_ratio: f64,
     pub errors: BTreeMap<String, u64>,
+    /// The first failure of each kind: the server's message, or the request wrongly answered.
+    pub error_examples: BTreeMap<String, String>,
     pub latency_ms: Percentiles,
     pub by_operation: BTreeMap<String, OperationReport>,
     /// CPU cores the generator used.
@@ -120,7 +124,7 @@ impl StepReport {
                     ProcessReport {
                         cpu_cores: cpu / duration,
                         cpu_us_per_request: if ok > 0 { cpu * 1e6 / ok as f64 } else { 0.0 },
-                        rss_mib: after.rss_bytes as f64 / (1024.0 * 1024.0),
+                        memory_mib: after.memory_bytes as f64 / (1024.0 * 1024.0),
                     },
                 ))
             })
@@ -135,7 +139,7 @@ impl StepReport {
             })
             .collect();
         let achieved = ok as f64 / duration;
-        let errors = stats.errors();
+        let failures = stats.errors();
         let error_ratio = if completed > 0 { (completed - ok) as f64 / completed as f64 } else { 0.0 };
         let latency = Percentiles::of(&all);
         let invalid = if (sent as f64) < 0.99 * phase.requests() as f64 {
@@ -159,7 +163,8 @@ impl StepReport {
             ok,
             achieved_rps: achieved,
             error_ratio,
-            errors,
+            errors: failures.iter().map(|(kind, (n, _))| (kind.clone(), *n)).collect(),
+            error_examples: failures.into_iter().map(|(kind, (_, example))| (kind, example)).collect(),
             by_operation: by_kind
                 .iter()
                 .map(|(kind, h)| {
@@ -221,6 +226,11 @@ impl LoadReport {
                 step.late_sends,
                 step.generator_cpu_cores
             );
+        }
+        for step in self.steps.iter().filter(|s| !s.error_examples.is_empty()) {
+            for (kind, example) in &step.error_examples {
+                let _ = writeln!(out, "  {}: first {kind}: {example}", step.label);
+            }
         }
         let _ = writeln!(
             out,

@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tonic::Request;
 
-use crate::dataset::spec::{DatasetSpec, Zipf, search_word};
+use crate::dataset::spec::{DatasetSpec, LEARNER_ZIPF_EXPONENT, Zipf, search_word};
 use crate::target::Clients;
 
 /// What a run sends: one endpoint alone, or the mixed workload.
@@ -121,16 +121,34 @@ impl Op {
         }
     }
 
-    /// Sends the request and checks the answer: Ok, or the name of what went wrong (a gRPC code,
-    /// or `invalid: …` for an OK answer without what it must contain).
-    pub async fn send(self, clients: &Clients, timeout: std::time::Duration) -> Result<(), String> {
+    /// The request in a line, for the example kept of each kind of failure.
+    fn describe(&self) -> String {
+        match self {
+            Op::NextItems { request, .. } => format!(
+                "{} learner {} course {} {}",
+                self.kind().name(),
+                request.learner_id,
+                request.course_id,
+                request.mock_test_id
+            ),
+            Op::SubmitAttempt(r) => {
+                format!("SubmitAttempt {} learner {} item {} {}", r.attempt_id, r.learner_id, r.item_id, r.mock_test_id)
+            }
+            Op::GetProgress(r) => format!("GetProgress learner {}", r.learner_id),
+            Op::GetItem(r) => format!("GetItem {}", r.item_id),
+            Op::SearchItems(r) => format!("SearchItems {:?} course {:?}", r.query, r.course_id),
+        }
+    }
+
+    /// Sends the request and checks the answer: Ok, or what went wrong.
+    pub async fn send(self, clients: &Clients, timeout: std::time::Duration) -> Result<(), Failure> {
         fn request<T>(message: T, timeout: std::time::Duration) -> Request<T> {
             let mut request = Request::new(message);
             request.set_timeout(timeout);
             request
         }
-        fn code(status: tonic::Status) -> String {
-            match status.code() {
+        fn code(status: tonic::Status) -> Failure {
+            let kind = match status.code() {
                 // tonic reports its own client-side deadline as CANCELLED.
                 tonic::Code::Cancelled if status.message().contains("Timeout expired") => "DeadlineExceeded".to_owned(),
                 // Transport failures: say which.
@@ -139,22 +157,24 @@ impl Op {
                     format!("{:?}: {message}", status.code())
                 }
                 code => format!("{code:?}"),
-            }
+            };
+            Failure { kind, detail: status.message().to_owned() }
         }
+        let what = self.describe();
         match self {
             Op::NextItems { request: message, course_prefix } => {
                 let mode = message.mode;
                 let response =
                     clients.scheduler.clone().next_items(request(message, timeout)).await.map_err(code)?.into_inner();
                 if response.degraded {
-                    return Err("invalid: degraded".to_owned());
+                    return Err(Failure::invalid("invalid: degraded", &what));
                 }
                 // Review answers only what is due, which may be nothing.
                 if response.items.is_empty() && mode != Mode::Review as i32 {
-                    return Err("invalid: no items".to_owned());
+                    return Err(Failure::invalid("invalid: no items", &what));
                 }
                 if response.items.iter().any(|item| !item.item_id.starts_with(&course_prefix)) {
-                    return Err("invalid: item of another course".to_owned());
+                    return Err(Failure::invalid("invalid: item of another course", &what));
                 }
                 Ok(())
             }
@@ -169,8 +189,10 @@ impl Op {
                     .into_inner();
                 match response.attempt {
                     Some(attempt) if attempt.attempt_id == attempt_id && !response.duplicate => Ok(()),
-                    Some(_) if response.duplicate => Err("invalid: new attempt answered as duplicate".to_owned()),
-                    _ => Err("invalid: another attempt".to_owned()),
+                    Some(_) if response.duplicate => {
+                        Err(Failure::invalid("invalid: new attempt answered as duplicate", &what))
+                    }
+                    _ => Err(Failure::invalid("invalid: another attempt", &what)),
                 }
             }
             Op::GetProgress(message) => {
@@ -178,7 +200,7 @@ impl Op {
                 let response =
                     clients.user.clone().get_progress(request(message, timeout)).await.map_err(code)?.into_inner();
                 if response.learner_id != learner_id {
-                    return Err("invalid: another learner's progress".to_owned());
+                    return Err(Failure::invalid("invalid: another learner's progress", &what));
                 }
                 Ok(())
             }
@@ -187,7 +209,7 @@ impl Op {
                 let response = clients.content.clone().get_item(request(message, timeout)).await.map_err(code)?;
                 match response.into_inner().item {
                     Some(item) if item.item_id == item_id => Ok(()),
-                    _ => Err("invalid: another item".to_owned()),
+                    _ => Err(Failure::invalid("invalid: another item", &what)),
                 }
             }
             Op::SearchItems(message) => {
@@ -195,7 +217,7 @@ impl Op {
                 let response =
                     clients.content.clone().search_items(request(message, timeout)).await.map_err(code)?.into_inner();
                 if response.hits.len() > page_size as usize {
-                    return Err("invalid: more hits than the page size".to_owned());
+                    return Err(Failure::invalid("invalid: more hits than the page size", &what));
                 }
                 let foreign = response
                     .hits
@@ -203,11 +225,26 @@ impl Op {
                     .filter_map(|hit| hit.item.as_ref())
                     .any(|item| !course_id.is_empty() && item.course_id != course_id);
                 if foreign {
-                    return Err("invalid: hit outside the course filter".to_owned());
+                    return Err(Failure::invalid("invalid: hit outside the course filter", &what));
                 }
                 Ok(())
             }
         }
+    }
+}
+
+/// Why a request did not count as a success.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// The gRPC code's name, or `invalid: …` for an OK answer without what it must contain.
+    pub kind: String,
+    /// The server's message, or the request that got the invalid answer.
+    pub detail: String,
+}
+
+impl Failure {
+    fn invalid(kind: &str, request: &str) -> Self {
+        Self { kind: kind.to_owned(), detail: request.to_owned() }
     }
 }
 
@@ -244,9 +281,9 @@ impl Workload {
         let regular_end = (spec.learners * 7 / 10).max(power_end + 1);
         let items = (0..spec.courses).map(|c| Zipf::new(spec.items_in(c) as usize, 1.0)).collect();
         Self {
-            all_learners: Zipf::new(spec.learners as usize, 1.0),
-            power: Zipf::new(power_end as usize, 1.0),
-            regular: Zipf::new((regular_end - power_end) as usize, 1.0),
+            all_learners: Zipf::new(spec.learners as usize, LEARNER_ZIPF_EXPONENT),
+            power: Zipf::new(power_end as usize, LEARNER_ZIPF_EXPONENT),
+            regular: Zipf::new((regular_end - power_end) as usize, LEARNER_ZIPF_EXPONENT),
             courses: spec.course_popularity(),
             items,
             rng: StdRng::seed_from_u64(seed),
