@@ -11,6 +11,7 @@
 #   ALP_CAPACITY_STEP=20s scripts/capacity.sh   # shorter steps: a quicker, rougher picture
 #
 # Knobs (environment): ALP_CAPACITY_LEARNERS (100000), ALP_CAPACITY_ITEMS (20000),
+# ALP_CAPACITY_HISTORY (0.1: alp dataset's --history-scale; histories go through SubmitAttempt),
 # ALP_CAPACITY_STEP (60s), ALP_CAPACITY_WARMUP (10s), ALP_CAPACITY_WORK (/tmp/alp-capacity: the
 # database and the data-set checkpoint live there, so a second run skips the load),
 # ALP_CAPACITY_ENDPOINTS (all), ALP_CAPACITY_OUT (docs); ALP_CAPACITY_HOLD=1 starts the suite, loads
@@ -20,6 +21,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 learners=${ALP_CAPACITY_LEARNERS:-100000}
 items=${ALP_CAPACITY_ITEMS:-20000}
+history=${ALP_CAPACITY_HISTORY:-0.1}
 step=${ALP_CAPACITY_STEP:-60s}
 warmup=${ALP_CAPACITY_WARMUP:-10s}
 work=${ALP_CAPACITY_WORK:-/tmp/alp-capacity}
@@ -104,7 +106,7 @@ for service in scheduler user content scoring; do
   watch+=(--watch "$service=${pid[$service]}" --metrics "$service=127.0.0.1:${metrics[$service]}")
 done
 watch+=(--watch "postgres=$pg_pid")
-shape=(--learners "$learners" --items "$items")
+shape=(--learners "$learners" --items "$items" --history-scale "$history")
 
 say "data set: $learners learners, $items items (resumes from $work/dataset.json)"
 "$alp" dataset "${shape[@]}" --checkpoint "$work/dataset.json" --quiet
@@ -116,7 +118,7 @@ if [ -n "${ALP_CAPACITY_HOLD:-}" ]; then
 fi
 
 # --- stepped runs up to saturation ------------------------------------------------------------
-declare -A start=([next-items]=200 [submit-attempt]=200 [get-progress]=1000 [get-item]=1000 [search-items]=200 [mix]=200)
+declare -A start=([next-items]=100 [submit-attempt]=50 [get-progress]=500 [get-item]=1000 [search-items]=200 [mix]=50)
 for endpoint in $endpoints; do
   say "stress: $endpoint from ${start[$endpoint]}/s, steps of $step"
   "$alp" load --endpoint "$endpoint" --scenario stress --rate "${start[$endpoint]}" --factor 1.4 \
