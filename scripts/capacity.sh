@@ -118,7 +118,7 @@ if [ -n "${ALP_CAPACITY_HOLD:-}" ]; then
 fi
 
 # --- stepped runs up to saturation ------------------------------------------------------------
-declare -A start=([next-items]=100 [submit-attempt]=50 [get-progress]=500 [get-item]=1000 [search-items]=200 [mix]=50)
+declare -A start=([next-items]=100 [submit-attempt]=50 [get-progress]=500 [get-item]=1000 [search-items]=20 [mix]=50)
 for endpoint in $endpoints; do
   say "stress: $endpoint from ${start[$endpoint]}/s, steps of $step"
   "$alp" load --endpoint "$endpoint" --scenario stress --rate "${start[$endpoint]}" --factor 1.4 \
