@@ -40,6 +40,10 @@ def capacity_step(report):
     return (within or valid or report["steps"] or [None])[-1]
 
 
+def error_counts(step):
+    return ", ".join(f"{k} {v}" for k, v in step["errors"].items()) or "0"
+
+
 def cost(step, service):
     process = step["processes"].get(service) if step else None
     return process["cpu_us_per_request"] if process else None
@@ -106,7 +110,7 @@ for name, title in ENDPOINTS:
     w("|---|---|---|---|---|---|---|---|---|---|---|")
     for s in r["steps"]:
         l = s["latency_ms"]
-        errors = ", ".join(f"{k} {v}" for k, v in s["errors"].items()) or "0"
+        errors = error_counts(s)
         costs = " · ".join(fmt(cost(s, svc), 0) for svc in SERVICES)
         hits = ", ".join(f"{k} {v:.0%}" for k, v in s["cache_hit_ratio"].items()) or "–"
         mark = " (invalid)" if s["invalid"] else ("" if s["within_slo"] else " (over SLO)")
@@ -131,7 +135,7 @@ if fanout:
     w("|---|---|---|---|---|---|---|---|---|")
     for s in fanout["steps"]:
         l = s["latency_ms"]
-        errors = ", ".join(f"{k} {v}" for k, v in s["errors"].items()) or "0"
+        errors = error_counts(s)
         w(f"| {s['target_rps']:,.0f}/s{' (invalid)' if s['invalid'] else ''} | {s['achieved_rps']:,.0f} | {l['p50']:.2f} | "
           f"{l['p99']:.2f} | {l['p999']:.2f} | {errors} | {s['late_sends']} | {fmt(cost(s, 'reference'), 0)} | {s['generator_cpu_cores']:.2f} |")
     w("")
