@@ -7,7 +7,8 @@
 # bare references (a plain tonic fan-out of one Redis GET and three gRPC calls, and pgbench running
 # SubmitAttempt's transaction). Results: docs/capacity/*.json and *.svg, then docs/capacity.md.
 #
-#   scripts/capacity.sh                  # the full run (about 90 minutes at 100k learners)
+#   scripts/capacity.sh                  # the full run (30 s steps took about 40 minutes at 100k
+#                                        # learners; the default 60 s steps take longer)
 #   ALP_CAPACITY_STEP=20s scripts/capacity.sh   # shorter steps: a quicker, rougher picture
 #
 # Knobs (environment): ALP_CAPACITY_LEARNERS (100000), ALP_CAPACITY_ITEMS (20000),
@@ -165,7 +166,7 @@ cat >"$results/run.json" <<JSON
 {"commit": "$(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')",
  "rustc": "$(rustc -V)", "postgres": "$("$pg_bin/postgres" -V)", "redis": "$(redis-server --version | cut -d' ' -f3)",
  "kernel": "$(uname -r)", "memory_gib": $(awk '/MemTotal/ {printf "%.0f", $2/1048576}' /proc/meminfo),
- "learners": $learners, "items": $items, "step": "$step", "warmup": "$warmup",
+ "learners": $learners, "items": $items, "step": "$step", "warmup": "$warmup", "fresh_suite_per_endpoint": true,
  "attempts_loaded": $(grep -oP '"attempts": \K[0-9]+' "$work/dataset.json"),
  "postgres_rows": {"attempts": $(psql -d alp_scheduler -c 'SELECT count(*) FROM attempts'),
                    "memory_states": $(psql -d alp_scheduler -c 'SELECT count(*) FROM memory_states'),

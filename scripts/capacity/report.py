@@ -68,6 +68,11 @@ w(f"- Data set: {run['learners']:,} learners, {run['items']:,} items in 20 cours
   "Courses, items and search words are Zipf-popular (exponent 1) and learners' activity too (exponent 0.5: one "
   "person answers one item at a time), so the cache hit ratios below are measured, not assumed.")
 w("- PostgreSQL with `fsync=on`, `synchronous_commit=on`; Redis Cluster of 3 primaries and 3 replicas, empty at the start.")
+if run.get("fresh_suite_per_endpoint"):
+    w("- The four services are started afresh for each endpoint and for the reference (data and Redis kept).")
+else:
+    w("- **All endpoints ran one after another on one suite**: a stress run ends in overload, and the next endpoint's "
+      "first steps still carry its after-effects (see performance.md).")
 w(f"- Open loop (`alp load`): constant arrival rate per step, latency from each request's intended send time into an "
   f"HDR histogram, {run['warmup']} warm-up discarded, {run['step']} measured per step, rates growing by 1.4× until "
   "the suite saturates (successful answers under 95 % of the rate, or errors over 1 %). A step is valid when the "

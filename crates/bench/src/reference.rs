@@ -13,10 +13,10 @@ use alp_proto::scheduler::v1::{
 };
 use alp_runtime::client::lazy_channel;
 use alp_runtime::redis::{Redis, RedisArgs};
+use alp_runtime::server::incoming;
 use anyhow::Context;
 use fred::interfaces::KeysInterface;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status};
 use tonic_health::pb::HealthCheckRequest;
@@ -109,14 +109,4 @@ pub async fn run(args: &ReferenceArgs) -> anyhow::Result<()> {
         .serve_with_incoming_shutdown(incoming(listener), alp_runtime::shutdown::signal())
         .await?;
     Ok(())
-}
-
-/// Accepted connections with Nagle off (tonic leaves our own listener's sockets alone).
-fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|stream| {
-        let stream = stream?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
 }

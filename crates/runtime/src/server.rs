@@ -307,8 +307,9 @@ impl Health for ClosingHealth {
 
 /// Accepted connections with Nagle's algorithm off. tonic's `tcp_nodelay` applies only to
 /// listeners it binds itself; without this, a response written in two segments waits for the
-/// peer's delayed ACK (40 ms on Linux).
-fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+/// peer's delayed ACK (40 ms on Linux). Public for servers built outside [`run`] (the benchmark's
+/// reference server).
+pub fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     TcpListenerStream::new(listener).map(|accepted| {
         let stream = accepted?;
         stream.set_nodelay(true)?;
