@@ -86,7 +86,7 @@ done
 redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >/dev/null
 until redis-cli -p "$redis_base" cluster info | grep -q 'cluster_state:ok'; do sleep 0.2; done
 redis_nodes=$(IFS=,; echo "${nodes[*]}")
-redis_pids=$(printf '%s,' "${pids[@]}")
+redis_pids=$(IFS=,; echo "${pids[*]}")
 
 # --- the suite: four processes, started afresh for each endpoint -----------------------------
 # One endpoint's overload must not colour the next one's numbers (a suite recovering from overload
@@ -109,7 +109,7 @@ start_suite() {
   for service in scheduler user content scoring; do
     watch+=(--watch "$service=${pid[$service]}" --metrics "$service=127.0.0.1:${metrics[$service]}")
   done
-  watch+=(--watch "postgres=$pg_pid")
+  watch+=(--watch "postgres=$pg_pid" --watch "redis=$redis_pids")
 }
 stop_suite() {
   for service in "${!pid[@]}"; do kill "${pid[$service]}" 2>/dev/null || true; done
@@ -146,7 +146,7 @@ pids+=($reference)
 until (exec 3<>/dev/tcp/127.0.0.1/50061) 2>/dev/null; do sleep 0.1; done
 stop_suite
 "$alp" load --endpoint next-items --scenario stress --rate 1000 --factor 1.4 --duration "$step" --warmup "$warmup" \
-  "${shape[@]}" --scheduler-addr 127.0.0.1:50061 --watch "reference=$reference" --watch "redis=${redis_pids%,}" \
+  "${shape[@]}" --scheduler-addr 127.0.0.1:50061 --watch "reference=$reference" --watch "redis=$redis_pids" \
   --quiet --out "$results/reference-fanout.json" || true
 kill "$reference"
 

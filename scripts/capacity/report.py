@@ -14,7 +14,7 @@ ENDPOINTS = [
     ("search-items", "SearchItems"),
     ("mix", "the mix"),
 ]
-SERVICES = ["scheduler", "user", "content", "scoring", "postgres"]
+SERVICES = ["scheduler", "user", "content", "scoring", "postgres", "redis"]
 
 
 def load(name):
@@ -111,7 +111,7 @@ for name, title in ENDPOINTS:
         continue
     w(f"## {title}\n")
     w(f"![{title}: latency against throughput](capacity/{name}.svg)\n")
-    w("| step | achieved/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | late | CPU µs/request: scheduler · user · content · scoring · postgres | cache hits |")
+    w("| step | achieved/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | late | CPU µs/request: scheduler · user · content · scoring · postgres · redis | cache hits |")
     w("|---|---|---|---|---|---|---|---|---|---|---|")
     for s in r["steps"]:
         l = s["latency_ms"]

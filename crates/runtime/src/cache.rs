@@ -4,15 +4,18 @@
 //!
 //! Invalidation on write: the writer drops the keys from its own L1 and from Redis, then
 //! publishes them on the cache's channel, and every replica drops them from its L1 on receipt.
+//! The channel is a sharded one (SPUBLISH): a cluster-wide PUBLISH is relayed to every node over
+//! the cluster bus, which cost more Redis CPU than all the cache reads and writes together.
 //! Pub/sub is fire-and-forget, so a replica that was disconnected can miss a message: the short
-//! L1 TTL bounds how long it can serve the old value then.
+//! L1 TTL bounds how long it can serve the old value then. Each invalidation runs a second time
+//! 1–1.25 s later, batched with the others of its 250 ms window.
 //!
 //! Redis errors never fail a read or a write: a failed read is a miss, and both are counted. A
 //! key whose deletion from Redis failed (its slot's primary down, say) is read around the cache
 //! and deleted again every 250 ms until that succeeds, so a promoted replica cannot bring back a
 //! value that was invalidated while its primary was dying.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -23,8 +26,9 @@ use prost::Message;
 
 use crate::redis::Redis;
 
-/// When a write's invalidation runs the second time.
+/// When a write's invalidation runs the second time, and how often due ones are sent together.
 const REINVALIDATE_AFTER: Duration = Duration::from_secs(1);
+const SECOND_PASS_EVERY: Duration = Duration::from_millis(250);
 /// How often failed deletions are tried again, and how many are kept.
 const RETRY_DELETES_EVERY: Duration = Duration::from_millis(250);
 const MAX_PENDING: usize = 100_000;
@@ -67,6 +71,10 @@ struct Inner<V> {
     pending: Mutex<HashSet<String>>,
     pending_count: AtomicUsize,
     retrying: AtomicBool,
+    /// Keys invalidated once, with when, waiting for their second pass; and whether a task is
+    /// sending those.
+    second_pass: Mutex<VecDeque<(tokio::time::Instant, String)>>,
+    second_pass_running: AtomicBool,
 }
 
 /// A cache of `V` by string key; cheap to clone.
@@ -102,6 +110,8 @@ where
                 pending: Mutex::new(HashSet::new()),
                 pending_count: AtomicUsize::new(0),
                 retrying: AtomicBool::new(false),
+                second_pass: Mutex::new(VecDeque::new()),
+                second_pass_running: AtomicBool::new(false),
             }),
         };
         if let Some(redis) = &cache.inner.redis {
@@ -125,7 +135,7 @@ where
         let weak = Arc::downgrade(&self.inner);
         let mut messages = redis.subscriber().message_rx();
         tokio::spawn(async move {
-            if let Err(err) = redis.subscriber().subscribe(channel.clone()).await {
+            if let Err(err) = redis.subscriber().ssubscribe(channel.clone()).await {
                 // manage_subscriptions re-subscribes once the subscriber connects.
                 tracing::debug!(%channel, error = %err, "invalidation channel not subscribed yet");
             }
@@ -256,11 +266,43 @@ where
     /// just after is dropped too.
     pub async fn invalidate(&self, keys: &[String]) {
         self.invalidate_now(keys).await;
-        let again = self.clone();
-        let keys = keys.to_vec();
+        self.schedule_second_pass(keys);
+    }
+
+    fn schedule_second_pass(&self, keys: &[String]) {
+        let now = tokio::time::Instant::now();
+        self.inner
+            .second_pass
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(keys.iter().map(|k| (now, k.clone())));
+        if self.inner.second_pass_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let cache = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(REINVALIDATE_AFTER).await;
-            again.invalidate_now(&keys).await;
+            loop {
+                tokio::time::sleep(SECOND_PASS_EVERY).await;
+                let due: Vec<String> = {
+                    let now = tokio::time::Instant::now();
+                    let mut queue = cache.inner.second_pass.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut due = HashSet::new();
+                    while queue.front().is_some_and(|(at, _)| *at + REINVALIDATE_AFTER <= now) {
+                        if let Some((_, key)) = queue.pop_front() {
+                            due.insert(key);
+                        }
+                    }
+                    due.into_iter().collect()
+                };
+                if !due.is_empty() {
+                    cache.invalidate_now(&due).await;
+                }
+                let queue = cache.inner.second_pass.lock().unwrap_or_else(PoisonError::into_inner);
+                if queue.is_empty() {
+                    cache.inner.second_pass_running.store(false, Ordering::Release);
+                    return;
+                }
+            }
         });
     }
 
@@ -293,7 +335,7 @@ where
             }
         }
         let channel = Self::channel(redis, name);
-        if let Err(err) = redis.pool().next().publish::<i64, _, _>(channel, keys.join("\n")).await {
+        if let Err(err) = redis.pool().next().spublish::<i64, _, _>(channel, keys.join("\n")).await {
             self.error("publish", &err);
         }
         failed

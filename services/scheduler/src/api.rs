@@ -73,17 +73,22 @@ impl SchedulerApi {
     /// Desired retention of a learner enrolled in `course_id`; defaults when the user service
     /// cannot say.
     async fn enrolled_retention(&self, learner_id: &str, course_id: &str) -> Result<f64, SchedulerError> {
-        match self.downstream.learner(learner_id).await? {
-            LearnerProfile::Known(learner) => {
-                if !learner.enrolments.iter().any(|e| e.course_id == course_id) {
-                    return Err(SchedulerError::FailedPrecondition(format!(
-                        "learner {learner_id:?} is not enrolled in course {course_id:?}; call EnrolLearner first"
-                    )));
-                }
-                Ok(if learner.desired_retention > 0.0 { learner.desired_retention } else { DEFAULT_RETENTION })
+        retention_if_enrolled(self.downstream.learner(learner_id).await?, learner_id, course_id)
+    }
+}
+
+/// The learner's desired retention once they are known to be enrolled in `course_id`.
+fn retention_if_enrolled(profile: LearnerProfile, learner_id: &str, course_id: &str) -> Result<f64, SchedulerError> {
+    match profile {
+        LearnerProfile::Known(learner) => {
+            if !learner.enrolments.iter().any(|e| e.course_id == course_id) {
+                return Err(SchedulerError::FailedPrecondition(format!(
+                    "learner {learner_id:?} is not enrolled in course {course_id:?}; call EnrolLearner first"
+                )));
             }
-            LearnerProfile::Unknown => Ok(DEFAULT_RETENTION),
+            Ok(if learner.desired_retention > 0.0 { learner.desired_retention } else { DEFAULT_RETENTION })
         }
+        LearnerProfile::Unknown => Ok(DEFAULT_RETENTION),
     }
 }
 
@@ -175,18 +180,23 @@ impl SchedulerService for SchedulerApi {
                 SchedulerError::from(FieldViolation::new("mock_test_id", "is only allowed in MOCK_TEST mode")).into()
             );
         }
-        let retention = self.enrolled_retention(&request.learner_id, &request.course_id).await?;
+        // Independent reads, at once: the enrolment check still decides first.
+        let (retention, states, answers) = tokio::join!(
+            self.enrolled_retention(&request.learner_id, &request.course_id),
+            self.memory_states(&request.learner_id, &request.course_id),
+            async {
+                if mode == Mode::MockTest {
+                    self.store.mock_test_answers(&request.learner_id, &request.mock_test_id).await
+                } else {
+                    Ok(Vec::new())
+                }
+            }
+        );
+        let retention = retention?;
+        let states = states?;
+        let answers = answers.map_err(SchedulerError::from)?;
         let now = now_millis();
 
-        let states = self.memory_states(&request.learner_id, &request.course_id).await?;
-        let answers = if mode == Mode::MockTest {
-            self.store
-                .mock_test_answers(&request.learner_id, &request.mock_test_id)
-                .await
-                .map_err(SchedulerError::from)?
-        } else {
-            Vec::new()
-        };
         let answered: HashSet<&str> = answers.iter().map(|(item, _)| item.as_str()).collect();
         let seen: HashSet<String> = states.iter().map(|s| s.item_id.clone()).collect();
         let want_new = match mode {
@@ -352,14 +362,20 @@ impl SchedulerService for SchedulerApi {
             answer_ms: request.answer_time.as_ref().map(|_| answer_ms),
             mock_test_id: &request.mock_test_id,
         };
-        if let Some(existing) = self.recorded(&request.attempt_id).await? {
+        // The reads a new attempt needs go out together with the duplicate check: one round trip
+        // of latency instead of four, wasted only on retries.
+        let (recorded, item, learner, prior) = tokio::join!(
+            self.recorded(&request.attempt_id),
+            self.downstream.item(&request.item_id),
+            self.downstream.learner(&request.learner_id),
+            self.store.memory_state(&request.learner_id, &request.item_id),
+        );
+        if let Some(existing) = recorded? {
             return duplicate(existing, &request.attempt_id, &answer);
         }
-
-        let item = self.downstream.item(&request.item_id).await?;
-        let retention = self.enrolled_retention(&request.learner_id, &item.course_id).await?;
-        let prior =
-            self.store.memory_state(&request.learner_id, &request.item_id).await.map_err(SchedulerError::from)?;
+        let item = item?;
+        let retention = retention_if_enrolled(learner?, &request.learner_id, &item.course_id)?;
+        let prior = prior.map_err(SchedulerError::from)?;
         let applied = self
             .downstream
             .apply_attempt

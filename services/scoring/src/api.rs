@@ -248,16 +248,21 @@ impl ScoringService for ScoringApi {
             _ => None,
         };
 
-        if let Some(applied) = self.store.applied(&request.attempt_id).await.map_err(ScoringError::from)? {
+        // The update is computed from the database, not from a cached copy. The reads go out
+        // together with the replay check: one round trip of latency, wasted only on retries.
+        let (applied, abilities, fit, calibration) = tokio::join!(
+            self.store.applied(&request.attempt_id),
+            self.store.abilities(&request.learner_id),
+            self.store.parameter_fit(&request.learner_id),
+            self.store.calibration(std::slice::from_ref(&request.item_id)),
+        );
+        if let Some(applied) = applied.map_err(ScoringError::from)? {
             return replay(applied, &request);
         }
-
-        // The update is computed from the database, not from a cached copy.
-        let abilities = self.store.abilities(&request.learner_id).await.map_err(ScoringError::from)?;
-        let fit = self.store.parameter_fit(&request.learner_id).await.map_err(ScoringError::from)?;
+        let abilities = abilities.map_err(ScoringError::from)?;
+        let fit = fit.map_err(ScoringError::from)?;
         let memory = self.learner_memory(&request.learner_id, fit.as_ref());
-        let calibration =
-            self.store.calibration(std::slice::from_ref(&request.item_id)).await.map_err(ScoringError::from)?;
+        let calibration = calibration.map_err(ScoringError::from)?;
         let item = calibration.get(&request.item_id).copied();
         let theta = ability::item_ability(&abilities, &request.skill_ids);
         let difficulty = item.map_or(request.initial_difficulty, |e| e.value);

@@ -71,15 +71,27 @@ impl UserStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        // One round trip for the learners and their enrolments: this read is on every NextItems
+        // and SubmitAttempt that misses the cache.
         let list = placeholders(1, ids.len());
-        let mut query =
-            sqlx::query(AssertSqlSafe(format!("SELECT {LEARNER_COLUMNS} FROM learners WHERE learner_id IN ({list})")));
+        let mut query = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {LEARNER_COLUMNS}, course_id, enrol_time FROM learners LEFT JOIN enrolments USING (learner_id)
+             WHERE learner_id IN ({list}) ORDER BY learner_id, course_id"
+        )));
         for id in ids {
             query = query.bind(id.clone());
         }
-        let mut learners: Vec<Learner> =
-            query.fetch_all(self.db.pool()).await?.iter().map(learner_from_row).collect::<Result<_, _>>()?;
-        self.attach_enrolments(&mut learners).await?;
+        let mut learners: Vec<Learner> = Vec::with_capacity(ids.len());
+        for row in query.fetch_all(self.db.pool()).await? {
+            let learner_id: String = row.try_get(0)?;
+            if learners.last().is_none_or(|l| l.learner_id != learner_id) {
+                learners.push(learner_from_row(&row)?);
+            }
+            let course_id: Option<String> = row.try_get(7)?;
+            if let (Some(course_id), Some(learner)) = (course_id, learners.last_mut()) {
+                learner.enrolments.push(Enrolment { course_id, enrol_time: Some(timestamp(row.try_get(8)?)) });
+            }
+        }
         Ok(learners)
     }
 

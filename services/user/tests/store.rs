@@ -83,6 +83,20 @@ async fn enrolment_is_idempotent_and_needs_a_learner() {
         let courses: Vec<String> =
             store.get_learner("l1").await.unwrap().unwrap().enrolments.into_iter().map(|e| e.course_id).collect();
         assert_eq!(courses, ["lang", "math"]);
+        store.create_learner(&learner("l2")).await.unwrap();
+        store.create_learner(&learner("l3")).await.unwrap();
+        store.enrol("l3", "math").await.unwrap();
+        let batch: Vec<(String, Vec<String>)> = store
+            .get_learners(&["l3".into(), "l2".into(), "l1".into()])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.learner_id, l.enrolments.into_iter().map(|e| e.course_id).collect()))
+            .collect();
+        let expected = [("l1", vec!["lang", "math"]), ("l2", vec![]), ("l3", vec!["math"])];
+        let expected: Vec<(String, Vec<String>)> =
+            expected.into_iter().map(|(l, c)| (l.to_owned(), c.into_iter().map(str::to_owned).collect())).collect();
+        assert_eq!(batch, expected, "each learner with their own enrolments");
         let zero = store.progress("l1", "math").await.unwrap();
         assert_eq!(zero.len(), 1);
         assert_eq!((zero[0].attempt_count, zero[0].accuracy), (0, 0.0));
