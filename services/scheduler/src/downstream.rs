@@ -27,6 +27,7 @@ use alp_runtime::client::{AddressError, CallError, Downstream, DownstreamConfig,
 use alp_runtime::send;
 use tonic::Code;
 
+use crate::catalogue::Catalogue;
 use crate::error::SchedulerError;
 
 /// Item lookups wait at most this long for company; SubmitAttempt's whole budget is tens of ms.
@@ -34,12 +35,6 @@ const ITEM_BATCH: BatchConfig =
     BatchConfig { max_size: 200, max_delay: Duration::from_millis(2), queue: 10_000, max_in_flight: 8 };
 /// The most ids BatchGetItems takes.
 const ITEMS_PER_CALL: usize = 500;
-/// How long a course's items in service and its skill graph are reused. Every NextItems needs the
-/// whole course (a thousand items is a few hundred kB): listing it per call cost more than all the
-/// rest of NextItems together. New, changed and retired items reach NextItems within this time.
-pub const CATALOGUE_TTL: Duration = Duration::from_secs(5);
-/// Courses whose catalogue is kept.
-const CATALOGUE_COURSES: u64 = 1_000;
 
 /// Where each downstream is and how to call it.
 #[derive(Debug, Clone)]
@@ -63,8 +58,10 @@ pub struct Downstreams {
     pub apply_attempt: Rpc<ApplyAttemptRequest, ApplyAttemptResponse>,
     pub record_progress: Rpc<RecordProgressRequest, RecordProgressResponse>,
     items: Batcher<String, Item, CallError>,
-    course_items: moka::future::Cache<String, Arc<Vec<Item>>>,
-    skill_graphs: moka::future::Cache<String, Arc<Vec<SkillPrerequisites>>>,
+    /// Every NextItems needs the whole course (a thousand items is a few hundred kB): listing it
+    /// per call cost more than all the rest of NextItems together.
+    course_items: Catalogue<Vec<Item>>,
+    skill_graphs: Catalogue<Vec<SkillPrerequisites>>,
     learners: Arc<Mutex<HashMap<String, Learner>>>,
     item_timeout: Duration,
 }
@@ -107,8 +104,8 @@ impl Downstreams {
             batch_get_items,
             record_progress,
             items,
-            course_items: catalogue_cache(),
-            skill_graphs: catalogue_cache(),
+            course_items: Catalogue::new("course_items"),
+            skill_graphs: Catalogue::new("skill_graphs"),
             content,
             scoring,
             user,
@@ -175,9 +172,13 @@ impl Downstreams {
         seen: &HashSet<String>,
         want: usize,
     ) -> Result<Vec<Item>, SchedulerError> {
+        let listing = {
+            let (this, course_id) = (self.clone(), course_id.to_owned());
+            async move { this.list_course_items(&course_id).await }
+        };
         let items = self
             .course_items
-            .try_get_with_by_ref(course_id, self.list_course_items(course_id))
+            .get(course_id, listing)
             .await
             .map_err(|error| course_error(course_id, (*error).clone()))?;
         Ok(items.iter().filter(|item| !seen.contains(&item.item_id)).take(want).cloned().collect())
@@ -185,15 +186,19 @@ impl Downstreams {
 
     /// The prerequisites of every skill of a course that has any.
     pub async fn skill_graph(&self, course_id: &str) -> Result<Vec<SkillPrerequisites>, SchedulerError> {
+        let listing = {
+            let (this, course_id) = (self.clone(), course_id.to_owned());
+            async move { this.list_skill_graph(&course_id).await }
+        };
         let graph = self
             .skill_graphs
-            .try_get_with_by_ref(course_id, self.list_skill_graph(course_id))
+            .get(course_id, listing)
             .await
             .map_err(|error| course_error(course_id, (*error).clone()))?;
         Ok(graph.as_ref().clone())
     }
 
-    async fn list_course_items(&self, course_id: &str) -> Result<Arc<Vec<Item>>, CallError> {
+    async fn list_course_items(&self, course_id: &str) -> Result<Vec<Item>, CallError> {
         const MAX_PAGES: usize = 50;
         let mut items = Vec::new();
         let mut page_token = String::new();
@@ -213,10 +218,10 @@ impl Downstreams {
             }
             page_token = page.next_page_token;
         }
-        Ok(Arc::new(items))
+        Ok(items)
     }
 
-    async fn list_skill_graph(&self, course_id: &str) -> Result<Arc<Vec<SkillPrerequisites>>, CallError> {
+    async fn list_skill_graph(&self, course_id: &str) -> Result<Vec<SkillPrerequisites>, CallError> {
         const MAX_PAGES: usize = 10;
         let mut graph = Vec::new();
         let mut page_token = String::new();
@@ -233,13 +238,8 @@ impl Downstreams {
             }
             page_token = page.next_page_token;
         }
-        Ok(Arc::new(graph))
+        Ok(graph)
     }
-}
-
-/// A per-course cache; concurrent misses for one course share one listing.
-fn catalogue_cache<V: Clone + Send + Sync + 'static>() -> moka::future::Cache<String, V> {
-    moka::future::Cache::builder().max_capacity(CATALOGUE_COURSES).time_to_live(CATALOGUE_TTL).build()
 }
 
 /// A failed call about a course: NOT_FOUND is the caller's unknown course, anything else is

@@ -2,6 +2,7 @@
 
 mod api;
 pub mod cache;
+mod catalogue;
 mod downstream;
 mod error;
 mod outbox;
