@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
+use std::sync::Arc;
 
 use alp_proto::common::v1::{Mode, Rating, Reason};
 use alp_proto::content::v1::Item;
@@ -204,18 +205,12 @@ impl SchedulerService for SchedulerApi {
             Mode::MockTest => MOCK_TEST_NEW_CANDIDATES,
             _ => (count as usize * 5).max(50),
         };
-        let unseen_items = async {
-            if want_new > 0 {
-                self.downstream.unseen_items(&request.course_id, &seen, want_new).await
-            } else {
-                Ok(Vec::new())
-            }
-        };
         let skill_graph = async {
             // The prerequisite gate holds back new items in practice only.
             if mode == Mode::Practice { self.downstream.skill_graph(&request.course_id).await } else { Ok(Vec::new()) }
         };
-        let (unseen, skill_graph) = tokio::try_join!(unseen_items, skill_graph)?;
+        let (course, skill_graph) = tokio::try_join!(self.downstream.course_items(&request.course_id), skill_graph)?;
+        let unseen = course.unseen(&seen, want_new);
 
         // Soonest due first, plus the last few answered, whose skills the ranking keeps apart.
         let mut review_ids: Vec<String> =
@@ -226,10 +221,10 @@ impl SchedulerService for SchedulerApi {
         let answered_ids: Vec<String> =
             answered.iter().filter(|id| !seen.contains(**id)).map(|id| (*id).to_owned()).collect();
         review_ids.extend(answered_ids);
-        let fetched: Vec<Item> = self.downstream.items(&review_ids).await?;
+        let fetched = self.downstream.items_of(&course, &review_ids).await?;
         let memory: HashMap<&str, &MemoryRow> = states.iter().map(|s| (s.item_id.as_str(), s)).collect();
 
-        let mut items: HashMap<String, Item> = HashMap::new();
+        let mut items: HashMap<String, Arc<Item>> = HashMap::new();
         let mut candidates = Vec::with_capacity(fetched.len() + unseen.len());
         for item in fetched.into_iter().chain(unseen) {
             if !item.retired && !answered.contains(item.item_id.as_str()) {

@@ -60,7 +60,7 @@ pub struct Downstreams {
     items: Batcher<String, Item, CallError>,
     /// Every NextItems needs the whole course (a thousand items is a few hundred kB): listing it
     /// per call cost more than all the rest of NextItems together.
-    course_items: Catalogue<Vec<Item>>,
+    course_items: Catalogue<CourseItems>,
     skill_graphs: Catalogue<Vec<SkillPrerequisites>>,
     learners: Arc<Mutex<HashMap<String, Learner>>>,
     item_timeout: Duration,
@@ -155,33 +155,31 @@ impl Downstreams {
         }
     }
 
-    /// Items by id (missing ones are left out).
-    pub async fn items(&self, item_ids: &[String]) -> Result<Vec<Item>, SchedulerError> {
-        let mut items = Vec::with_capacity(item_ids.len());
-        for chunk in item_ids.chunks(ITEMS_PER_CALL) {
-            let response = self.batch_get_items.call(BatchGetItemsRequest { item_ids: chunk.to_vec() }).await?;
-            items.extend(response.items);
-        }
-        Ok(items)
-    }
-
-    /// Active items of a course the learner has not seen, in course order, up to `want`.
-    pub async fn unseen_items(
-        &self,
-        course_id: &str,
-        seen: &HashSet<String>,
-        want: usize,
-    ) -> Result<Vec<Item>, SchedulerError> {
+    /// The course's items in service, from the scheduler's copy.
+    pub async fn course_items(&self, course_id: &str) -> Result<Arc<CourseItems>, SchedulerError> {
         let listing = {
             let (this, course_id) = (self.clone(), course_id.to_owned());
-            async move { this.list_course_items(&course_id).await }
+            async move { this.list_course_items(&course_id).await.map(CourseItems::new) }
         };
-        let items = self
-            .course_items
-            .get(course_id, listing)
-            .await
-            .map_err(|error| course_error(course_id, (*error).clone()))?;
-        Ok(items.iter().filter(|item| !seen.contains(&item.item_id)).take(want).cloned().collect())
+        self.course_items.get(course_id, listing).await.map_err(|error| course_error(course_id, (*error).clone()))
+    }
+
+    /// Items by id: from the course's copy where it has them, the rest (retired, or newer than
+    /// the copy) from content; missing ones are left out.
+    pub async fn items_of(&self, course: &CourseItems, item_ids: &[String]) -> Result<Vec<Arc<Item>>, SchedulerError> {
+        let mut items = Vec::with_capacity(item_ids.len());
+        let mut elsewhere = Vec::new();
+        for id in item_ids {
+            match course.get(id) {
+                Some(item) => items.push(item.clone()),
+                None => elsewhere.push(id.clone()),
+            }
+        }
+        for chunk in elsewhere.chunks(ITEMS_PER_CALL) {
+            let response = self.batch_get_items.call(BatchGetItemsRequest { item_ids: chunk.to_vec() }).await?;
+            items.extend(response.items.into_iter().map(Arc::new));
+        }
+        Ok(items)
     }
 
     /// The prerequisites of every skill of a course that has any.
@@ -239,6 +237,29 @@ impl Downstreams {
             page_token = page.next_page_token;
         }
         Ok(graph)
+    }
+}
+
+/// A course's items in service, in course order, shared by the calls of the moment.
+#[derive(Debug, Default)]
+pub struct CourseItems {
+    items: Vec<Arc<Item>>,
+    by_id: HashMap<String, usize>,
+}
+
+impl CourseItems {
+    fn new(items: Vec<Item>) -> Self {
+        let by_id = items.iter().enumerate().map(|(i, item)| (item.item_id.clone(), i)).collect();
+        Self { items: items.into_iter().map(Arc::new).collect(), by_id }
+    }
+
+    pub fn get(&self, item_id: &str) -> Option<&Arc<Item>> {
+        self.by_id.get(item_id).map(|i| &self.items[*i])
+    }
+
+    /// The first `want` items not in `seen`.
+    pub fn unseen(&self, seen: &HashSet<String>, want: usize) -> Vec<Arc<Item>> {
+        self.items.iter().filter(|item| !seen.contains(&item.item_id)).take(want).cloned().collect()
     }
 }
 
