@@ -67,6 +67,7 @@ for service in scheduler user content scoring; do
   "$alp" migrate "$service" --database-url "postgres://postgres@127.0.0.1:$pg_port/alp_$service" >/dev/null
 done
 "$alp" migrate scheduler --database-url "postgres://postgres@127.0.0.1:$pg_port/alp_reference" >/dev/null
+psql -d alp_scheduler -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' >/dev/null
 
 # --- Redis Cluster: 3 primaries + 3 replicas, empty each run (it only holds caches) -----------
 rm -rf "$work/redis" && mkdir -p "$work/redis"
@@ -133,9 +134,15 @@ declare -A start=([next-items]=100 [submit-attempt]=50 [get-progress]=500 [get-i
 for endpoint in $endpoints; do
   stop_suite
   start_suite
+  psql -d alp_scheduler -c 'SELECT pg_stat_statements_reset()' >/dev/null
   say "stress: $endpoint from ${start[$endpoint]}/s, steps of $step (a freshly started suite)"
   "$alp" load --endpoint "$endpoint" --scenario stress --rate "${start[$endpoint]}" --factor 1.4 \
     --duration "$step" --warmup "$warmup" "${shape[@]}" "${watch[@]}" --quiet --out "$results/$endpoint.json"
+  # Statements and their execution time per service database over the whole run (warm-ups included).
+  psql -d alp_scheduler -c "SELECT json_object_agg(replace(d.datname, 'alp_', ''),
+      json_build_object('calls', s.calls, 'exec_ms', round(s.exec_ms::numeric, 1)))
+    FROM (SELECT dbid, sum(calls) AS calls, sum(total_exec_time) AS exec_ms FROM pg_stat_statements GROUP BY dbid) s
+    JOIN pg_database d ON d.oid = s.dbid WHERE d.datname LIKE 'alp_%'" >"$results/$endpoint-statements.json"
 done
 
 # --- the bare references, in the same session -------------------------------------------------

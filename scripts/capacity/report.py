@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes docs/capacity.md from the results of scripts/capacity.sh (docs/capacity/*.json)."""
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -20,6 +21,17 @@ SERVICES = ["scheduler", "user", "content", "scoring", "postgres", "redis"]
 def load(name):
     path = results / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def statements(name):
+    """Per request of the endpoint's run, per service database: (statements, execution ms)."""
+    report, path = load(name), results / f"{name}-statements.json"
+    if not report or not path.exists() or not path.read_text().strip():
+        return None
+    warmup = float(run["warmup"].rstrip("s"))
+    requests = sum(s["sent"] + s["target_rps"] * warmup for s in report["steps"])
+    per_db = json.loads(path.read_text())
+    return {db: (v["calls"] / requests, v["exec_ms"] / requests) for db, v in per_db.items()}
 
 
 def fmt(value, digits=2):
@@ -121,6 +133,12 @@ for name, title in ENDPOINTS:
         mark = " (invalid)" if s["invalid"] else ("" if s["within_slo"] else " (over SLO)")
         w(f"| {s['target_rps']:,.0f}/s{mark} | {s['achieved_rps']:,.0f} | {l['p50']:.2f} | {l['p90']:.2f} | {l['p99']:.2f} | "
           f"{l['p999']:.2f} | {l['max']:.1f} | {errors} | {s['late_sends']} | {costs} | {hits} |")
+    db = statements(name)
+    if db:
+        order = [svc for svc in SERVICES if svc in db]
+        w(f"\nPostgreSQL over the whole run, warm-ups included: {sum(c for c, _ in db.values()):.1f} statements per "
+          f"request ({' · '.join(f'{svc} {db[svc][0]:.1f}' for svc in order)}), "
+          f"{sum(e for _, e in db.values()):.2f} ms of execution per request.")
     if name == "mix":
         step = capacity_step(r)
         if step:
@@ -158,19 +176,32 @@ if mix_step:
       "step): the CPU each service spends per mixed request, its memory (proportional set size, so PostgreSQL's "
       "shared buffers count once), and what that means for the old plan's 50,000 requests per second with pods "
       "at the plan's CPU requests and the HPA's 60 % target.\n")
-    w("| service | CPU µs per mixed request | cores per 1,000 req/s | memory MiB | pods for 50k req/s at the plan's request | the plan's replicas |")
-    w("|---|---|---|---|---|---|")
+    w("The database pool: a pod at 60 % of its CPU request serves `0.6 × request ÷ CPU per request` requests per "
+      "second; PostgreSQL's execution time per mixed request (from `pg_stat_statements` over the mix run) times "
+      "that rate is how many connections are busy executing at once. A connection is also held while the "
+      "statement and its answer cross the network, which this does not measure, so the pool is four times that, "
+      "and at least 4.\n")
+    w("| service | CPU µs per mixed request | cores per 1,000 req/s | memory MiB | pods for 50k req/s at the plan's request | the plan's replicas | PostgreSQL statements · exec ms per mixed request | pool per pod |")
+    w("|---|---|---|---|---|---|---|---|")
+    db = statements("mix") or {}
     for svc in SERVICES:
         p = mix_step["processes"].get(svc)
         if not p:
             continue
         cores = p["cpu_us_per_request"] / 1000
+        pool, usage = "–", "–"
         if svc in PLAN:
             millicores, replicas = PLAN[svc]
             pods = f"{50 * cores / 0.6 / (millicores / 1000):,.0f} at {millicores}m"
+            if svc in db:
+                calls, exec_ms = db[svc]
+                pod_rate = 0.6 * millicores / 1000 / (p["cpu_us_per_request"] / 1e6)
+                busy = pod_rate * exec_ms / 1000
+                pool = f"{max(4, math.ceil(busy * 4))} ({pod_rate:,.0f} req/s per pod)"
+                usage = f"{calls:.1f} · {exec_ms:.2f}"
         else:
             pods, replicas = "–", "–"
-        w(f"| {svc} | {p['cpu_us_per_request']:,.0f} | {cores:.2f} | {p['memory_mib']:,.0f} | {pods} | {replicas} |")
+        w(f"| {svc} | {p['cpu_us_per_request']:,.0f} | {cores:.2f} | {p['memory_mib']:,.0f} | {pods} | {replicas} | {usage} | {pool} |")
     w("")
 
 w("## The generator\n")
