@@ -7,8 +7,8 @@
 # bare references (a plain tonic fan-out of one Redis GET and three gRPC calls, and pgbench running
 # SubmitAttempt's transaction). Results: docs/capacity/*.json and *.svg, then docs/capacity.md.
 #
-#   scripts/capacity.sh                  # the full run (30 s steps took about 40 minutes at 100k
-#                                        # learners; the default 60 s steps take longer)
+#   scripts/capacity.sh                  # the full run: 62 minutes with the default 60 s steps
+#                                        # and 100k learners already loaded
 #   ALP_CAPACITY_STEP=20s scripts/capacity.sh   # shorter steps: a quicker, rougher picture
 #
 # Knobs (environment): ALP_CAPACITY_LEARNERS (100000), ALP_CAPACITY_ITEMS (20000),
