@@ -50,17 +50,18 @@ impl<V: Send + Sync + 'static> Catalogue<V> {
         Self { name, copies, refreshing: Arc::default() }
     }
 
-    /// The course's copy. `fetch` lists it from content; it runs only on a miss (shared by the
-    /// callers of the moment) or as the background refresh.
-    pub async fn get<F>(&self, course_id: &str, fetch: F) -> Result<Arc<V>, Arc<CallError>>
+    /// The course's copy. `fetch` makes the listing from content; it is called only on a miss
+    /// (shared by the callers of the moment) or for the background refresh.
+    pub async fn get<M, F>(&self, course_id: &str, fetch: M) -> Result<Arc<V>, Arc<CallError>>
     where
+        M: FnOnce() -> F,
         F: Future<Output = Result<V, CallError>> + Send + 'static,
     {
         if let Some(copy) = self.copies.get(course_id).await {
             let age = copy.at.elapsed();
             if age < MAX_AGE {
                 if age >= REFRESH_AFTER {
-                    self.refresh(course_id, fetch);
+                    self.refresh(course_id, fetch());
                 }
                 return Ok(copy.value.clone());
             }
@@ -69,7 +70,7 @@ impl<V: Send + Sync + 'static> Catalogue<V> {
         let copy = self
             .copies
             .try_get_with_by_ref(course_id, async move {
-                let value = fetch.await?;
+                let value = fetch().await?;
                 Ok::<_, CallError>(Arc::new(Fetched { at: Instant::now(), value: Arc::new(value) }))
             })
             .await?;
@@ -124,18 +125,18 @@ mod tests {
     async fn callers_are_answered_from_the_copy_while_it_is_refreshed() {
         let catalogue = Catalogue::<u32>::new("test");
         let fetches = Arc::new(AtomicU32::new(0));
-        assert_eq!(*catalogue.get("c", counting(&fetches, false)).await.unwrap(), 1);
+        assert_eq!(*catalogue.get("c", || counting(&fetches, false)).await.unwrap(), 1);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(*catalogue.get("c", counting(&fetches, false)).await.unwrap(), 1, "fresh: no fetch");
+        assert_eq!(*catalogue.get("c", || counting(&fetches, false)).await.unwrap(), 1, "fresh: no fetch");
         assert_eq!(fetches.load(Ordering::SeqCst), 1);
 
         tokio::time::sleep(REFRESH_AFTER).await;
         let before = Instant::now();
-        assert_eq!(*catalogue.get("c", counting(&fetches, false)).await.unwrap(), 1, "old copy, at once");
-        assert_eq!(*catalogue.get("c", counting(&fetches, false)).await.unwrap(), 1, "one refresh at a time");
+        assert_eq!(*catalogue.get("c", || counting(&fetches, false)).await.unwrap(), 1, "old copy, at once");
+        assert_eq!(*catalogue.get("c", || counting(&fetches, false)).await.unwrap(), 1, "one refresh at a time");
         assert_eq!(before.elapsed(), Duration::ZERO, "nobody waited for the listing");
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(*catalogue.get("c", counting(&fetches, false)).await.unwrap(), 2, "the refreshed copy");
+        assert_eq!(*catalogue.get("c", || counting(&fetches, false)).await.unwrap(), 2, "the refreshed copy");
         assert_eq!(fetches.load(Ordering::SeqCst), 2);
     }
 
@@ -143,14 +144,14 @@ mod tests {
     async fn a_failed_refresh_keeps_the_copy_until_it_is_too_old() {
         let catalogue = Catalogue::<u32>::new("test");
         let fetches = Arc::new(AtomicU32::new(0));
-        catalogue.get("c", counting(&fetches, false)).await.unwrap();
+        catalogue.get("c", || counting(&fetches, false)).await.unwrap();
         tokio::time::sleep(REFRESH_AFTER).await;
-        assert_eq!(*catalogue.get("c", counting(&fetches, true)).await.unwrap(), 1);
+        assert_eq!(*catalogue.get("c", || counting(&fetches, true)).await.unwrap(), 1);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(*catalogue.get("c", counting(&fetches, true)).await.unwrap(), 1, "stale if error");
+        assert_eq!(*catalogue.get("c", || counting(&fetches, true)).await.unwrap(), 1, "stale if error");
 
         tokio::time::sleep(MAX_AGE).await;
-        assert!(catalogue.get("c", counting(&fetches, true)).await.is_err(), "too old to answer from");
-        assert_eq!(*catalogue.get("c", counting(&fetches, false)).await.unwrap(), 2);
+        assert!(catalogue.get("c", || counting(&fetches, true)).await.is_err(), "too old to answer from");
+        assert_eq!(*catalogue.get("c", || counting(&fetches, false)).await.unwrap(), 2);
     }
 }

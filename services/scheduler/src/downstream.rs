@@ -157,7 +157,7 @@ impl Downstreams {
 
     /// The course's items in service, from the scheduler's copy.
     pub async fn course_items(&self, course_id: &str) -> Result<Arc<CourseItems>, SchedulerError> {
-        let listing = {
+        let listing = || {
             let (this, course_id) = (self.clone(), course_id.to_owned());
             async move { this.list_course_items(&course_id).await.map(CourseItems::new) }
         };
@@ -184,7 +184,7 @@ impl Downstreams {
 
     /// The prerequisites of every skill of a course that has any.
     pub async fn skill_graph(&self, course_id: &str) -> Result<Vec<SkillPrerequisites>, SchedulerError> {
-        let listing = {
+        let listing = || {
             let (this, course_id) = (self.clone(), course_id.to_owned());
             async move { this.list_skill_graph(&course_id).await }
         };
