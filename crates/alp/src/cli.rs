@@ -159,8 +159,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         let address = SocketAddr::new(args.host, args.metrics_port);
         match TcpListener::bind(address).await {
             Ok(listener) => {
-                let stop = stop.clone();
-                tokio::spawn(async move { alp_runtime::metrics::serve(listener, stop.cancelled_owned()).await });
+                alp_runtime::metrics::spawn(listener, stop.clone().cancelled_owned());
                 tracing::info!("metrics on http://{address}/metrics");
             }
             Err(err) => tracing::warn!(%address, error = %err, "metrics endpoint not started"),
@@ -214,8 +213,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(metrics) = args.metrics_listen {
         let metrics_listener =
             TcpListener::bind(metrics).await.with_context(|| format!("cannot listen on {metrics} for metrics"))?;
-        let stop = stop.clone();
-        tokio::spawn(async move { alp_runtime::metrics::serve(metrics_listener, stop.cancelled_owned()).await });
+        alp_runtime::metrics::spawn(metrics_listener, stop.clone().cancelled_owned());
     }
     let result = match service {
         Service::Content => alp_content::serve(alp_content::ContentConfig { server, database, redis }, listener).await,

@@ -36,9 +36,16 @@ pub fn install() -> Option<PrometheusHandle> {
         .clone()
 }
 
-/// Serves `GET /metrics` in the Prometheus text format until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
-    let Some(handle) = install() else { return };
+/// Installs the recorder now, then serves `GET /metrics` in the Prometheus text format on a task
+/// until `shutdown` resolves. Installing before the task runs matters: requests served before its
+/// first poll would otherwise be recorded nowhere.
+pub fn spawn(listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
+    if let Some(handle) = install() {
+        tokio::spawn(serve(handle, listener, shutdown));
+    }
+}
+
+async fn serve(handle: PrometheusHandle, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
