@@ -193,6 +193,12 @@ impl Readiness {
     }
 }
 
+/// The health entry for liveness probes: `<service>/live`, SERVING for as long as the process
+/// serves RPCs, whatever its dependencies and during a drain.
+pub fn liveness_entry(service_name: &str) -> String {
+    format!("{service_name}/live")
+}
+
 /// Runs one service's routes on `listener` until `shutdown` resolves, then drains.
 ///
 /// `service_name` is the health entry (the proto's full service name) that follows readiness.
@@ -212,6 +218,9 @@ pub async fn run(
     });
     reporter.set_service_status(service_name, ServingStatus::NotServing).await;
     reporter.set_service_status("", ServingStatus::NotServing).await;
+    // Liveness answers SERVING whenever the server answers at all: a database outage or a drain
+    // must take a pod out of rotation, never get it restarted.
+    reporter.set_service_status(liveness_entry(service_name), ServingStatus::Serving).await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(alp_proto::FILE_DESCRIPTOR_SET)

@@ -90,12 +90,19 @@ async fn health_follows_readiness_under_the_named_entry_and_the_server_entry() {
 
     let mut named = watch(server.channel.clone(), ENTRY).await;
     let mut overall = watch(server.channel.clone(), "").await;
+    let mut live = watch(server.channel.clone(), &alp_runtime::server::liveness_entry(ENTRY)).await;
     assert_eq!(next_status(&mut named).await, ServingStatus::NotServing);
+    assert_eq!(next_status(&mut live).await, ServingStatus::Serving, "alive while a dependency is down");
     ready.store(true, Ordering::SeqCst);
     watch_until(&mut named, ServingStatus::Serving).await;
     watch_until(&mut overall, ServingStatus::Serving).await;
     ready.store(false, Ordering::SeqCst);
     watch_until(&mut named, ServingStatus::NotServing).await;
+    let live_now = HealthClient::new(server.channel.clone())
+        .check(HealthCheckRequest { service: alp_runtime::server::liveness_entry(ENTRY) })
+        .await
+        .unwrap();
+    assert_eq!(live_now.into_inner().status, ServingStatus::Serving as i32, "still alive when not ready");
 
     let unknown = HealthClient::new(server.channel.clone())
         .check(HealthCheckRequest { service: "alp.nope.v1.Nope".into() })
@@ -103,7 +110,7 @@ async fn health_follows_readiness_under_the_named_entry_and_the_server_entry() {
         .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 
-    drop((named, overall));
+    drop((named, overall, live));
     server.stop.cancel();
     tokio::time::timeout(PROMPTLY, server.task).await.unwrap().unwrap().unwrap();
 }
@@ -146,6 +153,11 @@ async fn drain_says_not_serving_first_and_lets_open_calls_finish() {
     server.stop.cancel();
     assert_eq!(next_status(&mut health).await, ServingStatus::NotServing, "NOT_SERVING as soon as the drain starts");
     drop(health);
+    let live = HealthClient::new(server.channel.clone())
+        .check(HealthCheckRequest { service: alp_runtime::server::liveness_entry(ENTRY) })
+        .await
+        .unwrap();
+    assert_eq!(live.into_inner().status, ServingStatus::Serving as i32, "a draining pod is not restarted");
 
     // The call opened before the drain is still answered after the listener has closed.
     requests.send(list_services()).await.unwrap();
