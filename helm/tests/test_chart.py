@@ -251,9 +251,12 @@ def test_istio_splits_requests_by_weight_on_the_stable_services_name(default):
         (route,) = spec["http"]
         assert route["name"] == "primary"
         assert [(d["destination"]["host"], d["weight"]) for d in route["route"]] == [(n, 100), (n + "-canary", 0)]
-    # Callers address the stable Service, so the mesh applies the weights.
+    # Callers address the stable Service, so the mesh applies the weights; the address is the
+    # proxy's, so its health is not watched (that would follow one pod behind it).
     assert config_of(default, "scheduler")["ALP_SCORING_ADDR"] == f"{name('scoring')}:50054"
     assert config_of(default, "user")["ALP_CONTENT_ADDR"] == f"{name('content')}:50053"
+    assert config_of(default, "user")["ALP_DOWNSTREAM_HEALTH_WATCH"] == "false"
+    assert "ALP_DOWNSTREAM_HEALTH_WATCH" not in config_of(default, "content"), "content calls nobody"
 
 
 def test_gateway_api_routes_grpc_through_the_plugin():
@@ -281,6 +284,7 @@ def test_without_a_router_callers_balance_over_the_headless_service():
     config = config_of(objects, "scheduler")
     assert config["ALP_CONTENT_ADDR"] == f"{name('content')}-headless:50053"
     assert config["ALP_USER_ADDR"] == f"{name('user')}-headless:50052"
+    assert "ALP_DOWNSTREAM_HEALTH_WATCH" not in config, "each pod's health is watched"
 
 
 def duration_seconds(text: str) -> int:

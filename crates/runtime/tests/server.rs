@@ -180,3 +180,33 @@ async fn calls_still_open_after_the_grace_are_cut_off() {
     watch_until(&mut health, ServingStatus::NotServing).await;
     tokio::time::timeout(PROMPTLY, server.task).await.expect("stops after the grace").unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_watched_replica_leaves_when_not_ready_and_a_proxied_address_stays() {
+    use alp_runtime::client::{EndpointHealth, Endpoints};
+
+    // Never ready: its database, say, is down.
+    let readiness = Readiness::new().with_check("database", || async { Err("down".to_owned()) });
+    let server = start(config(Duration::ZERO, Duration::from_secs(5)), readiness).await;
+    let target = server.address.to_string();
+    let timeout = Duration::from_secs(1);
+
+    let watched = Endpoints::start("probe", &target, Some(ENTRY), timeout, Duration::from_secs(60)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    while watched.snapshot() != vec![(server.address, EndpointHealth::Down)] {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", watched.snapshot());
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(watched.pick().is_err(), "a replica that says NOT_SERVING gets no calls");
+
+    // Behind a mesh the address is the proxy's: no watch, always in rotation.
+    let proxied = Endpoints::start("probe", &target, None, timeout, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(proxied.snapshot(), vec![(server.address, EndpointHealth::Serving)]);
+    assert!(proxied.any_serving());
+    assert!(proxied.pick().is_ok());
+
+    drop((watched, proxied));
+    server.stop.cancel();
+    tokio::time::timeout(PROMPTLY, server.task).await.unwrap().unwrap().unwrap();
+}

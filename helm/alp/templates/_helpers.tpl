@@ -53,10 +53,14 @@ app.kubernetes.io/component: {{ .name }}
 {{/* Where a service's callers reach it: the stable Service when a router splits requests (the
 mesh balances them per request), else the headless Service, whose DNS name lists every ready pod
 for the client's own balancing. */}}
+{{- define "alp.meshRouted" -}}
+{{- if and .Values.rollouts.enabled (ne .Values.rollouts.trafficRouting.router "none") -}}true{{- end -}}
+{{- end -}}
+
 {{- define "alp.address" -}}
 {{- $svc := index .root.Values.services .name -}}
 {{- $host := include "alp.serviceName" . -}}
-{{- if and .root.Values.rollouts.enabled (ne .root.Values.rollouts.trafficRouting.router "none") -}}
+{{- if include "alp.meshRouted" .root -}}
 {{- printf "%s:%d" $host (int $svc.port) -}}
 {{- else -}}
 {{- printf "%s-headless:%d" $host (int $svc.port) -}}
@@ -137,6 +141,10 @@ ALP_REDIS_COMMAND_TIMEOUT: {{ $root.Values.redis.commandTimeout | quote }}
 {{- end }}
 {{- range $svc.calls }}
 ALP_{{ upper . }}_ADDR: {{ include "alp.address" (dict "root" $root "name" .) | quote }}
+{{- end }}
+{{- if and $svc.calls (include "alp.meshRouted" $root) }}
+# The address is the mesh's: watching its health would follow one pod behind the proxy.
+ALP_DOWNSTREAM_HEALTH_WATCH: "false"
 {{- end }}
 {{- end -}}
 

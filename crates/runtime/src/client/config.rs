@@ -17,6 +17,9 @@ pub struct DownstreamConfig {
     /// Upper bound of one call when the incoming call's deadline does not cut it shorter.
     pub timeout: Duration,
     pub refresh: Duration,
+    /// Follow each replica's health `Watch`; false when the address is a proxy (a mesh's
+    /// virtual address) that balances and health-checks by itself.
+    pub health_watch: bool,
     pub breaker: BreakerConfig,
     pub retry: RetryConfig,
 }
@@ -28,6 +31,7 @@ impl DownstreamConfig {
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(2),
             refresh: Duration::from_secs(5),
+            health_watch: true,
             breaker: BreakerConfig::default(),
             retry: RetryConfig::default(),
         }
@@ -49,6 +53,9 @@ impl DownstreamConfig {
             "timeout" => self.timeout = duration()?,
             "connect-timeout" => self.connect_timeout = duration()?,
             "refresh" => self.refresh = duration()?,
+            "health-watch" => {
+                self.health_watch = value.parse().map_err(|_| format!("{setting}: {value:?} is not true or false"))?;
+            }
             "breaker-window" => self.breaker.window = parse_window(value)?,
             "breaker-minimum-calls" => self.breaker.minimum_calls = number()?,
             "breaker-failure-rate" => self.breaker.failure_rate = rate()?,
@@ -91,6 +98,10 @@ pub struct ClientArgs {
     /// How often downstream names are resolved again (headless Services list their pods).
     #[arg(long = "downstream-refresh", env = "ALP_DOWNSTREAM_REFRESH", default_value = "5s")]
     pub downstream_refresh: String,
+    /// Follow each downstream replica's health Watch; `false` when the addresses are a service
+    /// mesh's (the proxy balances and health-checks per request).
+    #[arg(long = "downstream-health-watch", env = "ALP_DOWNSTREAM_HEALTH_WATCH", default_value = "true")]
+    pub downstream_health_watch: String,
     /// Calls the breaker judges by: a count (`50`) or a time span (`10s`).
     #[arg(long = "breaker-window", env = "ALP_BREAKER_WINDOW", default_value = "50")]
     pub breaker_window: String,
@@ -150,6 +161,7 @@ impl ClientArgs {
             ("timeout", &self.downstream_timeout),
             ("connect-timeout", &self.downstream_connect_timeout),
             ("refresh", &self.downstream_refresh),
+            ("health-watch", &self.downstream_health_watch),
             ("breaker-window", &self.breaker_window),
             ("breaker-minimum-calls", &self.breaker_minimum_calls),
             ("breaker-failure-rate", &self.breaker_failure_rate),
@@ -210,6 +222,9 @@ mod tests {
         assert_eq!(scoring.timeout, Duration::from_millis(300));
         assert_eq!(scoring.breaker.window, Window::Time(Duration::from_secs(10)));
         assert_eq!(args.config("content", "x:1").unwrap().timeout, Duration::from_secs(2));
+        let proxied = ClientArgs { downstream_health_watch: "false".into(), ..ClientArgs::default() };
+        assert!(!proxied.config("content", "x:1").unwrap().health_watch);
+        assert!(ClientArgs::default().config("content", "x:1").unwrap().health_watch);
     }
 
     #[test]
@@ -225,6 +240,7 @@ mod tests {
         assert!(bad(&["billing.timeout=1s"]).contains("unknown downstream \"billing\""));
         assert!(bad(&["scoring.colour=red"]).contains("unknown downstream setting \"colour\""));
         assert!(bad(&["scoring.breaker-failure-rate=2"]).contains("not a rate between 0 and 1"));
+        assert!(bad(&["scoring.health-watch=maybe"]).contains("not true or false"));
         let args = ClientArgs { breaker_window: "0".into(), ..ClientArgs::default() };
         assert!(args.config("content", "x:1").unwrap_err().starts_with("--breaker-window"));
     }

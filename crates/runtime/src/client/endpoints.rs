@@ -8,6 +8,11 @@
 //!
 //! A call goes to the less loaded of two replicas drawn at random among those SERVING (p2c, load
 //! = calls in flight); when none has reported yet, among those not yet heard from.
+//!
+//! Behind a proxy (a service mesh's virtual address) an address is not one replica: a watch would
+//! follow whichever pod the proxy picked, and that pod's drain would take the whole address out of
+//! rotation. Without a health service to watch, every address is taken as SERVING and the proxy
+//! does the balancing.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -73,7 +78,8 @@ impl Replica {
 #[derive(Debug)]
 struct Shared {
     name: Arc<str>,
-    health_service: String,
+    /// None: addresses are proxies, not replicas; nothing is watched.
+    health_service: Option<String>,
     connect_timeout: Duration,
     replicas: RwLock<Vec<Arc<Replica>>>,
     stop: CancellationToken,
@@ -128,7 +134,8 @@ fn parse_target(what: &str, target: &str) -> Result<String, AddressError> {
 }
 
 impl Endpoints {
-    /// Resolves `targets` (comma-separated) once, then again every `refresh` in the background.
+    /// Resolves `targets` (comma-separated) once, then again every `refresh` in the background,
+    /// and follows each replica's `health_service` entry (None: see the module documentation).
     ///
     /// # Errors
     /// When a target is not `host:port`. A name that does not resolve yet is not an error: the
@@ -136,7 +143,7 @@ impl Endpoints {
     pub async fn start(
         name: &str,
         targets: &str,
-        health_service: &str,
+        health_service: Option<&str>,
         connect_timeout: Duration,
         refresh: Duration,
     ) -> Result<Self, AddressError> {
@@ -155,7 +162,7 @@ impl Endpoints {
         }
         let shared = Arc::new(Shared {
             name: name.into(),
-            health_service: health_service.to_owned(),
+            health_service: health_service.map(str::to_owned),
             connect_timeout,
             replicas: RwLock::default(),
             stop: CancellationToken::new(),
@@ -244,7 +251,11 @@ impl Endpoints {
             }
             let Some(replica) = self.new_replica(address) else { continue };
             tracing::info!(downstream = %self.shared.name, %address, "replica joined");
-            tokio::spawn(watch_health(Arc::downgrade(&self.shared), Arc::clone(&replica)));
+            if self.shared.health_service.is_some() {
+                tokio::spawn(watch_health(Arc::downgrade(&self.shared), Arc::clone(&replica)));
+            } else {
+                replica.health.store(EndpointHealth::Serving as u8, Ordering::Relaxed);
+            }
             replicas.push(replica);
         }
         drop(replicas);
@@ -308,7 +319,7 @@ async fn watch_health(shared: Weak<Shared>, replica: Arc<Replica>) {
             Endpoints { shared }.report();
         }
     };
-    let Some(service) = shared.upgrade().map(|s| s.health_service.clone()) else { return };
+    let Some(Some(service)) = shared.upgrade().map(|s| s.health_service.clone()) else { return };
     let mut retry = WATCH_RETRY_MIN;
     loop {
         let mut client = HealthClient::new(replica.channel.clone());

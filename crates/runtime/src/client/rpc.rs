@@ -67,8 +67,9 @@ impl Downstream {
     /// # Errors
     /// When the configured address is malformed.
     pub async fn connect(name: &str, health_service: &str, config: DownstreamConfig) -> Result<Self, AddressError> {
+        let watched = config.health_watch.then_some(health_service);
         let endpoints =
-            Endpoints::start(name, &config.address, health_service, config.connect_timeout, config.refresh).await?;
+            Endpoints::start(name, &config.address, watched, config.connect_timeout, config.refresh).await?;
         Ok(Self {
             name: name.into(),
             breaker: CircuitBreaker::new(name, config.breaker.clone()),
