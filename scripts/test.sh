@@ -96,8 +96,23 @@ fi
 rust_passed=$(grep -o 'test result: ok. [0-9]* passed' "$work/cargo-test.log" | awk '{s+=$4} END {print s+0}')
 
 # --- the Helm chart and the image (no cluster: Helm v4's engine as a library) -----------------
-say "Helm chart: render, lint, validate (Kubernetes and CRD schemas), properties; Dockerfile"
+say "Helm chart: render, lint, validate (Kubernetes and CRD schemas), properties, the analysis on a real Prometheus; Dockerfile"
 cargo build --quiet --bin alp
+# A real Prometheus runs the canary analysis' queries (helm/tests/test_analysis.py).
+if ! command -v prometheus >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+      || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
+    # The package's own daemon would listen on every interface; the tests start their own on loopback.
+    if pgrep -x prometheus >/dev/null; then
+      (service prometheus stop || pkill -x prometheus) >/dev/null 2>&1 || true
+    fi
+  else
+    echo "prometheus was not found and this is not root: install it (apt-get install prometheus)" >&2
+    exit 1
+  fi
+fi
 chart_venv=$root/.tools/chart-venv
 if [ ! -x "$chart_venv/bin/pytest" ] || ! "$chart_venv/bin/python" -c 'import helm_python, kubernetes_validate, dockerfile_parse' 2>/dev/null; then
   python3 -m venv "$chart_venv"
