@@ -353,10 +353,11 @@ def health_entry_from_proto(service: str) -> str:
 
 
 def test_termination_grace_covers_the_drain(default):
-    for service, rollout in of_kind(default, "Rollout").items():
-        config = config_of(default, rollout["metadata"]["name"].removeprefix(f"{RELEASE}-"))
+    rollouts = of_kind(default, "Rollout")
+    for service in SERVICES:
+        config = config_of(default, service)
         drain = duration_seconds(config["ALP_DRAIN_DELAY"]) + duration_seconds(config["ALP_SHUTDOWN_GRACE"])
-        assert rollout["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > drain, service
+        assert rollouts[name(service)]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > drain, service
     longer = render({"server": {"shutdownGraceSeconds": 120}})
     assert of_kind(longer, "Rollout")[name("user")]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 130
 
