@@ -238,6 +238,7 @@ def test_canary_steps_are_the_plans(default):
         ]
         n = rollout["metadata"]["name"]
         assert (canary["stableService"], canary["canaryService"]) == (n, n + "-canary")
+        assert canary["abortScaleDownDelaySeconds"] == 30
 
 
 def test_istio_splits_requests_by_weight_on_the_stable_services_name(default):
@@ -280,7 +281,8 @@ def test_gateway_api_routes_grpc_through_the_plugin():
 def test_without_a_router_callers_balance_over_the_headless_service():
     objects = render(VARIANTS["no-router"])
     for rollout in of_kind(objects, "Rollout").values():
-        assert "trafficRouting" not in rollout["spec"]["strategy"]["canary"]
+        canary = rollout["spec"]["strategy"]["canary"]
+        assert "trafficRouting" not in canary and "abortScaleDownDelaySeconds" not in canary
     config = config_of(objects, "scheduler")
     assert config["ALP_CONTENT_ADDR"] == f"{name('content')}-headless:50053"
     assert config["ALP_USER_ADDR"] == f"{name('user')}-headless:50052"
