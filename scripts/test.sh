@@ -91,6 +91,8 @@ cat target/tmp/failover-report.txt 2>/dev/null && echo || true
 cat target/tmp/fault-report.txt 2>/dev/null && echo || true
 if grep -q 'test result: FAILED\|error: test failed\|could not compile' "$work/cargo-test.log"; then
   tail -n 80 "$work/cargo-test.log"
+  echo "--- the test PostgreSQL's log, last lines:"
+  tail -n 40 "$work/pgsock/postgres.log" 2>/dev/null || true
   exit 1
 fi
 rust_passed=$(grep -o 'test result: ok. [0-9]* passed' "$work/cargo-test.log" | awk '{s+=$4} END {print s+0}')
