@@ -15,6 +15,8 @@ use sqlx::{Any, AnyPool, AssertSqlSafe, Transaction};
 use crate::error::StoreError;
 
 pub type Tx = Transaction<'static, Any>;
+/// A statement being bound, for helpers that bind a row's columns in one place.
+pub type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {

@@ -4,7 +4,7 @@ use alp_proto::common::v1::MemoryState;
 use alp_proto::scheduler::v1::Attempt;
 use alp_proto::user::v1::ProgressEvent;
 use alp_runtime::StoreError;
-use alp_runtime::db::{Database, placeholders};
+use alp_runtime::db::{AnyQuery, Database, Dialect, placeholders};
 use alp_runtime::time::{duration, timestamp};
 use prost::Message;
 use sqlx::any::AnyRow;
@@ -105,6 +105,15 @@ const ATTEMPT_COLUMNS: &str = "attempt_id, learner_id, course_id, item_id, ratin
      record_time, stability, difficulty, due_time, predicted_recall, predicted_success, mock_test_id";
 const MEMORY_COLUMNS: &str = "item_id, course_id, stability, difficulty, last_review_time, due_time, last_rating, \
      review_count, lapse_count, phase, step, knowledge";
+/// The attempt's columns as bound by [`bind_attempt`].
+const ATTEMPT_VALUES: &str = "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+/// A new answer to an item seen before adds to its counts and replaces the rest.
+const MEMORY_UPSERT: &str = "ON CONFLICT (learner_id, item_id) DO UPDATE SET
+        stability = excluded.stability, difficulty = excluded.difficulty,
+        last_review_time = excluded.last_review_time, due_time = excluded.due_time,
+        last_rating = excluded.last_rating, review_count = m.review_count + 1,
+        lapse_count = m.lapse_count + excluded.lapse_count, phase = excluded.phase, step = excluded.step,
+        knowledge = excluded.knowledge";
 
 impl SchedulerStore {
     pub fn new(db: Database) -> Self {
@@ -170,67 +179,66 @@ impl SchedulerStore {
         rows.iter().map(memory_from_row).collect()
     }
 
-    /// Records an attempt, the new memory state and the outbox event in one transaction; the
-    /// event's outbox sequence number. None, writing nothing, when the attempt id is already
-    /// recorded.
+    /// Records an attempt, the new memory state and the outbox event atomically; the event's
+    /// outbox sequence number. None, writing nothing, when the attempt id is already recorded.
     pub async fn record(
         &self,
         attempt: &AttemptRow,
         memory: &MemoryRow,
         event: &ProgressEvent,
     ) -> Result<Option<i64>, StoreError> {
+        match self.db.dialect() {
+            Dialect::Postgres => self.record_in_one_statement(attempt, memory, event).await,
+            Dialect::Sqlite => self.record_in_transaction(attempt, memory, event).await,
+        }
+    }
+
+    /// PostgreSQL: one statement is one round trip and its own transaction. The memory state and
+    /// the outbox row are written only when the attempt's insert returned a row, so a duplicate
+    /// id writes nothing, as in the transaction below.
+    async fn record_in_one_statement(
+        &self,
+        attempt: &AttemptRow,
+        memory: &MemoryRow,
+        event: &ProgressEvent,
+    ) -> Result<Option<i64>, StoreError> {
+        let sql = format!(
+            "WITH attempt AS (
+                INSERT INTO attempts ({ATTEMPT_COLUMNS}) {ATTEMPT_VALUES}
+                ON CONFLICT (attempt_id) DO NOTHING RETURNING attempt_id
+             ), memory AS (
+                INSERT INTO memory_states AS m (learner_id, {MEMORY_COLUMNS})
+                SELECT $2, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27 FROM attempt
+                {MEMORY_UPSERT}
+             )
+             INSERT INTO outbox (attempt_id, event, create_time) SELECT attempt_id, $28, $9 FROM attempt
+             RETURNING seq"
+        );
+        let query = bind_memory(bind_attempt(sqlx::query(AssertSqlSafe(sql)), attempt), memory);
+        let row = query.bind(event.encode_to_vec()).fetch_optional(self.db.pool()).await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// SQLite: no data-modifying CTEs, and a round trip costs nothing in process.
+    async fn record_in_transaction(
+        &self,
+        attempt: &AttemptRow,
+        memory: &MemoryRow,
+        event: &ProgressEvent,
+    ) -> Result<Option<i64>, StoreError> {
         let mut tx = self.db.begin_write().await?;
-        let inserted = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-             ON CONFLICT (attempt_id) DO NOTHING"
-        )))
-        .bind(&attempt.attempt_id)
-        .bind(&attempt.learner_id)
-        .bind(&attempt.course_id)
-        .bind(&attempt.item_id)
-        .bind(i64::from(attempt.rating))
-        .bind(i64::from(attempt.correct))
-        .bind(attempt.response_ms)
-        .bind(attempt.answer_ms)
-        .bind(attempt.record_ms)
-        .bind(attempt.stability)
-        .bind(attempt.difficulty)
-        .bind(attempt.due_ms)
-        .bind(attempt.predicted_recall)
-        .bind(attempt.predicted_success)
-        .bind(&attempt.mock_test_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let sql =
+            format!("INSERT INTO attempts ({ATTEMPT_COLUMNS}) {ATTEMPT_VALUES} ON CONFLICT (attempt_id) DO NOTHING");
+        let inserted = bind_attempt(sqlx::query(AssertSqlSafe(sql)), attempt).execute(&mut *tx).await?.rows_affected();
         if inserted == 0 {
             tx.rollback().await?;
             return Ok(None);
         }
-        sqlx::query(AssertSqlSafe(format!(
+        let sql = format!(
             "INSERT INTO memory_states AS m (learner_id, {MEMORY_COLUMNS})
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-             ON CONFLICT (learner_id, item_id) DO UPDATE SET
-                stability = excluded.stability, difficulty = excluded.difficulty,
-                last_review_time = excluded.last_review_time, due_time = excluded.due_time,
-                last_rating = excluded.last_rating, review_count = m.review_count + 1,
-                lapse_count = m.lapse_count + excluded.lapse_count, phase = excluded.phase, step = excluded.step,
-                knowledge = excluded.knowledge"
-        )))
-        .bind(&attempt.learner_id)
-        .bind(&memory.item_id)
-        .bind(&memory.course_id)
-        .bind(memory.stability)
-        .bind(memory.difficulty)
-        .bind(memory.last_review_ms)
-        .bind(memory.due_ms)
-        .bind(i64::from(memory.last_rating))
-        .bind(memory.review_count)
-        .bind(memory.lapse_count)
-        .bind(i64::from(memory.phase))
-        .bind(i64::from(memory.step))
-        .bind(memory.knowledge)
-        .execute(&mut *tx)
-        .await?;
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) {MEMORY_UPSERT}"
+        );
+        bind_memory(sqlx::query(AssertSqlSafe(sql)).bind(&attempt.learner_id), memory).execute(&mut *tx).await?;
         let seq: i64 =
             sqlx::query_scalar("INSERT INTO outbox (attempt_id, event, create_time) VALUES ($1, $2, $3) RETURNING seq")
                 .bind(&attempt.attempt_id)
@@ -320,6 +328,43 @@ impl SchedulerStore {
     pub async fn outbox_depth(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(self.db.pool()).await?)
     }
+}
+
+/// Binds the attempt's columns in [`ATTEMPT_COLUMNS`]' order.
+fn bind_attempt<'q>(query: AnyQuery<'q>, attempt: &AttemptRow) -> AnyQuery<'q> {
+    query
+        .bind(&attempt.attempt_id)
+        .bind(&attempt.learner_id)
+        .bind(&attempt.course_id)
+        .bind(&attempt.item_id)
+        .bind(i64::from(attempt.rating))
+        .bind(i64::from(attempt.correct))
+        .bind(attempt.response_ms)
+        .bind(attempt.answer_ms)
+        .bind(attempt.record_ms)
+        .bind(attempt.stability)
+        .bind(attempt.difficulty)
+        .bind(attempt.due_ms)
+        .bind(attempt.predicted_recall)
+        .bind(attempt.predicted_success)
+        .bind(&attempt.mock_test_id)
+}
+
+/// Binds the memory state's columns in [`MEMORY_COLUMNS`]' order.
+fn bind_memory<'q>(query: AnyQuery<'q>, memory: &MemoryRow) -> AnyQuery<'q> {
+    query
+        .bind(&memory.item_id)
+        .bind(&memory.course_id)
+        .bind(memory.stability)
+        .bind(memory.difficulty)
+        .bind(memory.last_review_ms)
+        .bind(memory.due_ms)
+        .bind(i64::from(memory.last_rating))
+        .bind(memory.review_count)
+        .bind(memory.lapse_count)
+        .bind(i64::from(memory.phase))
+        .bind(i64::from(memory.step))
+        .bind(memory.knowledge)
 }
 
 fn attempt_from_row(r: &AnyRow) -> Result<AttemptRow, StoreError> {

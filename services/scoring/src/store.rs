@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use alp_proto::common::v1::Rating;
 use alp_proto::scoring::v1::ApplyAttemptResponse;
 use alp_runtime::StoreError;
-use alp_runtime::db::{Database, placeholders};
+use alp_runtime::db::{AnyQuery, Database, Dialect, placeholders};
 use alp_runtime::time::now_millis;
 use prost::Message;
 use sqlx::{AssertSqlSafe, Row};
@@ -80,6 +80,46 @@ pub struct StoredFit {
 /// Weight of the newest outcome in the rolling success: about the last 20 count.
 const ROLLING_WEIGHT: f64 = 0.05;
 
+/// The practice target's upsert: one statement, so concurrent attempts of one learner cannot lose
+/// an update. `head` and `tail` supply the learner and the time around the five values that
+/// [`bind_practice`] binds from `$first` on.
+fn practice_upsert(head: &str, first: usize, tail: &str) -> String {
+    let [start, rolling, step, limit, outcome] = std::array::from_fn(|i| format!("${}", first + i));
+    format!(
+        "INSERT INTO practice_targets AS t (learner_id, correction, rolling_success, first_attempts, update_time)
+         {head}{start}, {rolling}, 1, {tail}
+         ON CONFLICT (learner_id) DO UPDATE SET
+            correction = CASE WHEN t.correction + {step} > {limit} THEN {limit}
+                              WHEN t.correction + {step} < -{limit} THEN -{limit}
+                              ELSE t.correction + {step} END,
+            rolling_success = t.rolling_success * (1 - {weight}) + {weight} * {outcome},
+            first_attempts = t.first_attempts + 1, update_time = excluded.update_time",
+        weight = ROLLING_WEIGHT,
+    )
+}
+
+fn bind_practice(query: AnyQuery<'_>, practice: PracticeOutcome) -> AnyQuery<'_> {
+    let outcome = f64::from(u8::from(practice.correct));
+    query
+        .bind(practice.step.clamp(-practice.limit, practice.limit))
+        .bind(practice.start * (1.0 - ROLLING_WEIGHT) + ROLLING_WEIGHT * outcome)
+        .bind(practice.step)
+        .bind(practice.limit)
+        .bind(outcome)
+}
+
+/// Binds the applied attempt's row as `$1..$7`.
+fn bind_applied<'q>(query: AnyQuery<'q>, effects: &AttemptEffects, now: i64) -> AnyQuery<'q> {
+    query
+        .bind(effects.attempt_id.clone())
+        .bind(effects.learner_id.clone())
+        .bind(effects.item_id.clone())
+        .bind(effects.response.encode_to_vec())
+        .bind(now)
+        .bind(i64::from(effects.rating as i32))
+        .bind(effects.answer_ms)
+}
+
 #[derive(Debug, Clone)]
 pub struct ScoringStore {
     db: Database,
@@ -138,19 +178,90 @@ impl ScoringStore {
     /// Writes an attempt's effects and returns the learner's review count after it; None when
     /// the attempt id was applied concurrently (nothing written then).
     pub async fn apply(&self, effects: &AttemptEffects) -> Result<Option<i64>, StoreError> {
+        match self.db.dialect() {
+            Dialect::Postgres => self.apply_in_one_statement(effects).await,
+            Dialect::Sqlite => self.apply_in_transaction(effects).await,
+        }
+    }
+
+    /// PostgreSQL: every write in one statement (one round trip, its own transaction), each
+    /// conditional on the applied-attempt insert having returned a row.
+    async fn apply_in_one_statement(&self, effects: &AttemptEffects) -> Result<Option<i64>, StoreError> {
+        let now = now_millis();
+        // $1..$8 are the applied attempt's; each optional write numbers its own after them.
+        let mut sql = String::from(
+            "WITH applied AS (
+                INSERT INTO applied_attempts (attempt_id, learner_id, item_id, response, record_time, rating, answer_time)
+                VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (attempt_id) DO NOTHING RETURNING learner_id
+             )",
+        );
+        let mut next = 9;
+        let mut take = |n: usize| {
+            let first = next;
+            next += n;
+            first
+        };
+        for _ in &effects.ability_deltas {
+            let p = take(3);
+            let (skill, start, delta) = (p, p + 1, p + 2);
+            sql.push_str(&format!(
+                ", skill{p} AS (
+                    INSERT INTO learner_skills AS s (learner_id, skill_id, ability, attempt_count, update_time)
+                    SELECT learner_id, ${skill}, ${start}, 1, $5 FROM applied
+                    ON CONFLICT (learner_id, skill_id) DO UPDATE SET
+                       ability = s.ability + ${delta}, attempt_count = s.attempt_count + 1,
+                       update_time = excluded.update_time
+                 )"
+            ));
+        }
+        if effects.difficulty_delta.is_some() {
+            let p = take(2);
+            let (start, delta) = (p, p + 1);
+            sql.push_str(&format!(
+                ", calibration AS (
+                    INSERT INTO item_calibration AS c (item_id, difficulty, attempt_count, update_time)
+                    SELECT $3, ${start}, 1, $5 FROM applied
+                    ON CONFLICT (item_id) DO UPDATE SET
+                       difficulty = c.difficulty + ${delta}, attempt_count = c.attempt_count + 1,
+                       update_time = excluded.update_time
+                 )"
+            ));
+        }
+        if effects.practice.is_some() {
+            let p = take(5);
+            sql.push_str(&format!(", practice AS ({})", practice_upsert("SELECT learner_id, ", p, "$5 FROM applied")));
+        }
+        sql.push_str(
+            " INSERT INTO learner_reviews AS r (learner_id, reviews) SELECT learner_id, $8 FROM applied
+              ON CONFLICT (learner_id) DO UPDATE SET reviews = r.reviews + excluded.reviews
+              RETURNING reviews",
+        );
+        let mut query = bind_applied(sqlx::query(AssertSqlSafe(sql)), effects, now).bind(i64::from(effects.review));
+        for (skill_id, start, delta) in &effects.ability_deltas {
+            query = query.bind(skill_id).bind(start + delta).bind(*delta);
+        }
+        if let Some((initial, delta)) = effects.difficulty_delta {
+            query = query.bind(initial + delta).bind(delta);
+        }
+        if let Some(practice) = effects.practice {
+            query = bind_practice(query, practice);
+        }
+        let row = query.fetch_optional(self.db.pool()).await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// SQLite: no data-modifying CTEs, and a round trip costs nothing in process.
+    async fn apply_in_transaction(&self, effects: &AttemptEffects) -> Result<Option<i64>, StoreError> {
         let now = now_millis();
         let mut tx = self.db.begin_write().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO applied_attempts (attempt_id, learner_id, item_id, response, record_time, rating, answer_time)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (attempt_id) DO NOTHING",
+        let inserted = bind_applied(
+            sqlx::query(
+                "INSERT INTO applied_attempts (attempt_id, learner_id, item_id, response, record_time, rating, answer_time)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (attempt_id) DO NOTHING",
+            ),
+            effects,
+            now,
         )
-        .bind(&effects.attempt_id)
-        .bind(&effects.learner_id)
-        .bind(&effects.item_id)
-        .bind(effects.response.encode_to_vec())
-        .bind(now)
-        .bind(i64::from(effects.rating as i32))
-        .bind(effects.answer_ms)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -197,28 +308,9 @@ impl ScoringStore {
             .await?;
         }
         if let Some(practice) = effects.practice {
-            let outcome = f64::from(u8::from(practice.correct));
-            // One statement, so concurrent attempts of one learner cannot lose an update.
-            sqlx::query(
-                "INSERT INTO practice_targets AS t (learner_id, correction, rolling_success, first_attempts, update_time)
-                 VALUES ($1, $2, $3, 1, $6)
-                 ON CONFLICT (learner_id) DO UPDATE SET
-                    correction = CASE WHEN t.correction + $4 > $5 THEN $5
-                                      WHEN t.correction + $4 < -$5 THEN -$5
-                                      ELSE t.correction + $4 END,
-                    rolling_success = t.rolling_success * (1 - $7) + $7 * $8,
-                    first_attempts = t.first_attempts + 1, update_time = excluded.update_time",
-            )
-            .bind(&effects.learner_id)
-            .bind(practice.step.clamp(-practice.limit, practice.limit))
-            .bind(practice.start * (1.0 - ROLLING_WEIGHT) + ROLLING_WEIGHT * outcome)
-            .bind(practice.step)
-            .bind(practice.limit)
-            .bind(now)
-            .bind(ROLLING_WEIGHT)
-            .bind(outcome)
-            .execute(&mut *tx)
-            .await?;
+            let sql = practice_upsert("VALUES ($1, ", 3, "$2)");
+            let query = sqlx::query(AssertSqlSafe(sql)).bind(&effects.learner_id).bind(now);
+            bind_practice(query, practice).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(Some(reviews))
