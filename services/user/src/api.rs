@@ -61,15 +61,13 @@ impl UserApi {
         Ok(learner)
     }
 
-    /// Progress in every course the learner is enrolled in.
-    async fn all_progress(&self, learner_id: &str) -> std::result::Result<Vec<CourseProgress>, UserError> {
+    /// Progress in every course the learner is enrolled in, and whether it was read from the
+    /// database rather than the cache (the caller caches it once the learner is known to exist).
+    async fn all_progress(&self, learner_id: &str) -> std::result::Result<(Vec<CourseProgress>, bool), UserError> {
         if let Some(cached) = self.progress.get(learner_id).await {
-            return Ok(cached.courses);
+            return Ok((cached.courses, false));
         }
-        let courses = self.store.progress(learner_id, "").await?;
-        let value = GetProgressResponse { learner_id: learner_id.to_owned(), courses: courses.clone() };
-        self.progress.put(learner_id, value).await;
-        Ok(courses)
+        Ok((self.store.progress(learner_id, "").await?, true))
     }
 
     async fn changed(&self, learner_id: &str) {
@@ -176,7 +174,10 @@ impl UserService for UserApi {
         let request = request.into_inner();
         id("learner_id", &request.learner_id).map_err(UserError::from)?;
         alp_runtime::validate::optional_id("course_id", &request.course_id).map_err(UserError::from)?;
-        let learner = self.learner(&request.learner_id).await?;
+        // Both reads at once: a miss on both costs one database round trip of latency, not two.
+        let (learner, progress) =
+            tokio::join!(self.learner(&request.learner_id), self.all_progress(&request.learner_id));
+        let learner = learner?;
         if !request.course_id.is_empty() && !learner.enrolments.iter().any(|e| e.course_id == request.course_id) {
             return Err(UserError::NotFound {
                 entity: "enrolment",
@@ -184,12 +185,13 @@ impl UserService for UserApi {
             }
             .into());
         }
-        let courses = self
-            .all_progress(&request.learner_id)
-            .await?
-            .into_iter()
-            .filter(|c| request.course_id.is_empty() || c.course_id == request.course_id)
-            .collect();
+        let (courses, read) = progress?;
+        if read {
+            let value = GetProgressResponse { learner_id: request.learner_id.clone(), courses: courses.clone() };
+            self.progress.put(&request.learner_id, value).await;
+        }
+        let courses =
+            courses.into_iter().filter(|c| request.course_id.is_empty() || c.course_id == request.course_id).collect();
         Ok(Response::new(GetProgressResponse { learner_id: request.learner_id, courses }))
     }
 

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use alp_proto::user::v1::{CourseProgress, Enrolment, Learner, ProgressEvent, SkillProgress};
 use alp_runtime::StoreError;
-use alp_runtime::db::{Database, placeholders};
+use alp_runtime::db::{Database, Dialect, placeholders};
 use alp_runtime::time::{now_millis, timestamp};
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
@@ -31,6 +31,9 @@ pub struct RecordOutcome {
 pub struct UserStore {
     db: Database,
 }
+
+/// Keeps a statement's parameters well under PostgreSQL's 65,535 (6 per event, 2 per skill).
+const PROGRESS_EVENTS_PER_STATEMENT: usize = 250;
 
 const LEARNER_COLUMNS: &str = "learner_id, display_name, email, locale, desired_retention, create_time, update_time";
 
@@ -215,7 +218,8 @@ impl UserStore {
 
     /// Progress of the learner's enrolled courses (or one course), zeros before any attempt.
     pub async fn progress(&self, learner_id: &str, course_id: &str) -> Result<Vec<CourseProgress>, StoreError> {
-        let rows = sqlx::query(
+        // The two reads go out together: one round trip of latency.
+        let courses = sqlx::query(
             "SELECT e.course_id, COALESCE(p.attempt_count, 0), COALESCE(p.correct_count, 0),
                     COALESCE(p.items_seen, 0), COALESCE(p.last_attempt_time, 0)
              FROM enrolments e
@@ -225,8 +229,15 @@ impl UserStore {
         )
         .bind(learner_id)
         .bind(course_id)
-        .fetch_all(self.db.pool())
-        .await?;
+        .fetch_all(self.db.pool());
+        let skills = sqlx::query(
+            "SELECT course_id, skill_id, attempt_count, correct_count, last_attempt_time FROM skill_progress
+             WHERE learner_id = $1 AND ($2 = '' OR course_id = $2) ORDER BY course_id, skill_id",
+        )
+        .bind(learner_id)
+        .bind(course_id)
+        .fetch_all(self.db.pool());
+        let (rows, skill_rows) = tokio::try_join!(courses, skills)?;
         let mut courses = Vec::with_capacity(rows.len());
         for row in &rows {
             let attempts: i64 = row.try_get(1)?;
@@ -242,14 +253,6 @@ impl UserStore {
                 skills: Vec::new(),
             });
         }
-        let skill_rows = sqlx::query(
-            "SELECT course_id, skill_id, attempt_count, correct_count, last_attempt_time FROM skill_progress
-             WHERE learner_id = $1 AND ($2 = '' OR course_id = $2) ORDER BY course_id, skill_id",
-        )
-        .bind(learner_id)
-        .bind(course_id)
-        .fetch_all(self.db.pool())
-        .await?;
         for row in &skill_rows {
             let course: String = row.try_get(0)?;
             if let Some(progress) = courses.iter_mut().find(|c| c.course_id == course) {
@@ -264,9 +267,113 @@ impl UserStore {
         Ok(courses)
     }
 
-    /// Applies events in one transaction; an attempt id already recorded is skipped, so a
-    /// redelivered batch changes nothing.
+    /// Applies events; an attempt id already recorded (before or earlier in the batch) is
+    /// skipped, so a redelivered batch changes nothing.
     pub async fn record_progress(&self, events: &[ProgressEvent]) -> Result<RecordOutcome, StoreError> {
+        match self.db.dialect() {
+            Dialect::Postgres => {
+                let mut seen = HashSet::new();
+                let unique: Vec<&ProgressEvent> = events.iter().filter(|e| seen.insert(&e.attempt_id)).collect();
+                let mut outcome = RecordOutcome {
+                    duplicates: i32::try_from(events.len() - unique.len()).unwrap_or(i32::MAX),
+                    ..RecordOutcome::default()
+                };
+                for chunk in unique.chunks(PROGRESS_EVENTS_PER_STATEMENT) {
+                    let counted = self.record_progress_in_one_statement(chunk).await?;
+                    outcome.applied += counted.applied;
+                    outcome.duplicates += counted.duplicates;
+                    outcome.unknown_learners += counted.unknown_learners;
+                }
+                Ok(outcome)
+            }
+            Dialect::Sqlite => self.record_progress_in_transaction(events).await,
+        }
+    }
+
+    /// PostgreSQL: a batch of distinct attempts in one statement (one round trip, its own
+    /// transaction). Counts are added up per learner, course and skill first, because one
+    /// statement may not update a row twice.
+    async fn record_progress_in_one_statement(&self, events: &[&ProgressEvent]) -> Result<RecordOutcome, StoreError> {
+        let now = now_millis();
+        let mut event_rows = Vec::with_capacity(events.len());
+        let mut skill_rows = Vec::new();
+        let mut n = 1;
+        for _ in events {
+            event_rows.push(format!("(${}, ${}, ${}, ${}, ${}, ${})", n, n + 1, n + 2, n + 3, n + 4, n + 5));
+            n += 6;
+        }
+        for event in events {
+            for _ in event.skill_ids.iter().collect::<HashSet<_>>() {
+                skill_rows.push(format!("(${}, ${})", n, n + 1));
+                n += 2;
+            }
+        }
+        let skills = if skill_rows.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", event_skill (attempt_id, skill_id) AS (VALUES {}),
+                 skill AS (
+                    INSERT INTO skill_progress AS p (learner_id, course_id, skill_id, attempt_count, correct_count, last_attempt_time)
+                    SELECT k.learner_id, k.course_id, s.skill_id, count(*), sum(k.correct), max(k.answered)
+                    FROM event_skill s JOIN known k USING (attempt_id) JOIN fresh USING (attempt_id)
+                    GROUP BY k.learner_id, k.course_id, s.skill_id
+                    ON CONFLICT (learner_id, course_id, skill_id) DO UPDATE SET
+                       attempt_count = p.attempt_count + excluded.attempt_count,
+                       correct_count = p.correct_count + excluded.correct_count,
+                       last_attempt_time = GREATEST(p.last_attempt_time, excluded.last_attempt_time)
+                 )",
+                skill_rows.join(", ")
+            )
+        };
+        let sql = format!(
+            "WITH event (attempt_id, learner_id, course_id, correct, first_attempt, answered) AS (VALUES {events}),
+             known AS (SELECT e.* FROM event e JOIN learners l ON l.learner_id = e.learner_id),
+             fresh AS (
+                INSERT INTO progress_events (attempt_id, learner_id, record_time)
+                SELECT attempt_id, learner_id, ${n} FROM known ON CONFLICT (attempt_id) DO NOTHING
+                RETURNING attempt_id
+             ),
+             course AS (
+                INSERT INTO course_progress AS p (learner_id, course_id, attempt_count, correct_count, items_seen, last_attempt_time)
+                SELECT k.learner_id, k.course_id, count(*), sum(k.correct), sum(k.first_attempt), max(k.answered)
+                FROM known k JOIN fresh USING (attempt_id) GROUP BY k.learner_id, k.course_id
+                ON CONFLICT (learner_id, course_id) DO UPDATE SET
+                   attempt_count = p.attempt_count + excluded.attempt_count,
+                   correct_count = p.correct_count + excluded.correct_count,
+                   items_seen = p.items_seen + excluded.items_seen,
+                   last_attempt_time = GREATEST(p.last_attempt_time, excluded.last_attempt_time)
+             ){skills}
+             SELECT (SELECT count(*) FROM known), (SELECT count(*) FROM fresh)",
+            events = event_rows.join(", "),
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for event in events {
+            query = query
+                .bind(&event.attempt_id)
+                .bind(&event.learner_id)
+                .bind(&event.course_id)
+                .bind(i64::from(event.correct))
+                .bind(i64::from(event.first_attempt))
+                .bind(event.answer_time.as_ref().map_or(now, alp_runtime::time::timestamp_millis));
+        }
+        for event in events {
+            for skill_id in event.skill_ids.iter().collect::<HashSet<_>>() {
+                query = query.bind(&event.attempt_id).bind(skill_id);
+            }
+        }
+        let row = query.bind(now).fetch_one(self.db.pool()).await?;
+        let (known, fresh): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        let count = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
+        Ok(RecordOutcome {
+            applied: count(fresh),
+            duplicates: count(known - fresh),
+            unknown_learners: count(events.len() as i64 - known),
+        })
+    }
+
+    /// SQLite: no data-modifying CTEs, and a round trip costs nothing in process.
+    async fn record_progress_in_transaction(&self, events: &[ProgressEvent]) -> Result<RecordOutcome, StoreError> {
         let mut tx = self.db.begin_write().await?;
         let learner_ids: Vec<String> =
             events.iter().map(|e| e.learner_id.clone()).collect::<HashSet<_>>().into_iter().collect();
