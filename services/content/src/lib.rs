@@ -25,12 +25,20 @@ pub const SERVICE_NAME: &str = content_service_server::SERVICE_NAME;
 /// PostgreSQL's default 100-connection budget alongside a read replica.
 pub const POOL_DEFAULTS: PoolDefaults = PoolDefaults { max_connections: 50, min_connections: 10 };
 
-pub const MIGRATIONS: &[MigrationStep] = &[MigrationStep {
-    version: 1,
-    description: "content",
-    postgres: include_str!("../migrations/postgres/0001_content.sql"),
-    sqlite: include_str!("../migrations/sqlite/0001_content.sql"),
-}];
+pub const MIGRATIONS: &[MigrationStep] = &[
+    MigrationStep {
+        version: 1,
+        description: "content",
+        postgres: include_str!("../migrations/postgres/0001_content.sql"),
+        sqlite: include_str!("../migrations/sqlite/0001_content.sql"),
+    },
+    MigrationStep {
+        version: 2,
+        description: "search terms",
+        postgres: include_str!("../migrations/postgres/0002_search_terms.sql"),
+        sqlite: include_str!("../migrations/sqlite/0002_search_terms.sql"),
+    },
+];
 
 #[derive(Debug, Clone)]
 pub struct ContentConfig {

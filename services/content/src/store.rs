@@ -393,6 +393,20 @@ impl ContentStore {
                AND ($5 = '' OR EXISTS (SELECT 1 FROM item_tags t WHERE t.item_id = i.item_id AND t.tag = $5))
                AND i.difficulty >= $6 AND i.difficulty <= $7";
         let (sql, text) = match self.db.dialect() {
+            // One word (validation splits on everything else, so it is one lexeme or a stop
+            // word): the page comes from the word's postings in relevance order.
+            Dialect::Postgres if query.words.len() == 1 => (
+                format!(
+                    "SELECT i.body, i.retired, i.version, i.create_time, i.update_time, t.relevance
+                     FROM item_terms t JOIN items i ON i.item_id = t.item_id
+                     WHERE t.lexeme = (SELECT lexeme FROM unnest(to_tsvector('english', $1)) LIMIT 1)
+                       AND {course} AND {filters}
+                     ORDER BY t.relevance DESC, t.item_id LIMIT $8 OFFSET $9",
+                    // Spelled out, so a cached generic plan still uses the per-course index.
+                    course = if query.course_id.is_empty() { "$2 = ''" } else { "t.course_id = $2" },
+                ),
+                query.words.join(" "),
+            ),
             Dialect::Postgres => (
                 format!(
                     "SELECT i.body, i.retired, i.version, i.create_time, i.update_time,

@@ -240,6 +240,10 @@ async fn search_is_stemmed_ranked_filtered_and_paged() {
 
         let all = filtered(|_| {}).await;
         assert_eq!(all.len(), 3);
+        // one word ranks as several do: prompt and tags above the explanation
+        let one_word = store.search(&search(&["fractions"])).await.unwrap();
+        assert_eq!(ids(&one_word).last(), Some(&"e"), "{one_word:?}");
+        assert!(one_word.windows(2).all(|w| w[0].1 >= w[1].1) && one_word[1].1 > one_word[2].1, "{one_word:?}");
         let mut paged = Vec::new();
         for offset in 0..3 {
             let mut query = search(&["fractions"]);
