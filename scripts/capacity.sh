@@ -7,8 +7,8 @@
 # bare references (a plain tonic fan-out of one Redis GET and three gRPC calls, and pgbench running
 # SubmitAttempt's transaction). Results: docs/capacity/*.json and *.svg, then docs/capacity.md.
 #
-#   scripts/capacity.sh                  # the full run: 62 minutes with the default 60 s steps
-#                                        # and 100k learners already loaded
+#   scripts/capacity.sh                  # the full run: about 65 minutes with the default 60 s steps
+#                                        # and 100k learners already loaded (the load: 11 minutes)
 #   ALP_CAPACITY_STEP=20s scripts/capacity.sh   # shorter steps: a quicker, rougher picture
 #
 # Knobs (environment): ALP_CAPACITY_LEARNERS (100000), ALP_CAPACITY_ITEMS (20000),
@@ -54,7 +54,7 @@ if [ -n "${ALP_CAPACITY_HOLD:-}" ]; then
 fi
 
 # --- stepped runs up to saturation ------------------------------------------------------------
-declare -A start=([next-items]=100 [submit-attempt]=50 [get-progress]=500 [get-item]=1000 [search-items]=20 [mix]=50)
+declare -A start=([next-items]=100 [submit-attempt]=50 [get-progress]=500 [get-item]=1000 [search-items]=50 [mix]=50)
 for endpoint in $endpoints; do
   stop_suite
   start_suite "$alp"

@@ -38,18 +38,31 @@ def fmt(value, digits=2):
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
+def served(step):
+    """The rate reached with errors under 0.1 %: invalid, if at all, only by late sends."""
+    return step["achieved_rps"] >= 0.99 * step["target_rps"] and step["error_ratio"] < 0.001
+
+
 def near_half(report):
-    """The highest valid step at or below half the saturation rate."""
+    """The highest valid step at or below half the saturation rate, else the highest served one."""
     half = report["saturation_rps"] / 2
-    steps = [s for s in report["steps"] if s["invalid"] is None and s["target_rps"] <= half * 1.05]
+    below = [s for s in report["steps"] if s["target_rps"] <= half * 1.05]
+    steps = [s for s in below if s["invalid"] is None] or [s for s in below if served(s)]
     return steps[-1] if steps else None
 
 
 def capacity_step(report):
-    """The step at SLO capacity, else the highest valid one."""
-    within = [s for s in report["steps"] if s["within_slo"]]
-    valid = [s for s in report["steps"] if s["invalid"] is None]
-    return (within or valid or report["steps"] or [None])[-1]
+    """The step at SLO capacity, else the highest valid one, else the highest served one; and which."""
+    for rule, steps in [
+        ("its highest valid step within SLO", [s for s in report["steps"] if s["within_slo"]]),
+        ("no step was within SLO: its highest valid step", [s for s in report["steps"] if s["invalid"] is None]),
+        ("no step was valid: its highest step with the rate reached and errors under 0.1 %, invalid only by "
+         "late sends", [s for s in report["steps"] if served(s)]),
+        ("no step was served: its last step", report["steps"]),
+    ]:
+        if steps:
+            return steps[-1], rule
+    return None, ""
 
 
 def error_counts(step):
@@ -114,6 +127,8 @@ for name, title in ENDPOINTS:
         fraction = f"{r['saturation_rps'] / pgbench['tps']:.0%} (target ≥ 70 %)"
     cap = f"{r['slo_capacity_rps']:,.0f}/s" if r["slo_capacity_rps"] else "none of the steps"
     p99 = f"{half['latency_ms']['p99']:.2f} ms at {half['target_rps']:,.0f}/s" if half else "–"
+    if half and half["invalid"]:
+        p99 += " (invalid: late sends)"
     w(f"| {title} | {r['slo_p99_ms']:g} ms | {cap} | {r['saturation_rps']:,.0f}/s | {p99} | {ref} | {fraction} |")
 w("")
 
@@ -140,7 +155,7 @@ for name, title in ENDPOINTS:
           f"request ({' · '.join(f'{svc} {db[svc][0]:.1f}' for svc in order)}), "
           f"{sum(e for _, e in db.values()):.2f} ms of execution per request.")
     if name == "mix":
-        step = capacity_step(r)
+        step, _ = capacity_step(r)
         if step:
             w(f"\nPer operation at {step['target_rps']:,.0f}/s:\n")
             w("| operation | requests | p50 ms | p99 ms | p99.9 ms |")
@@ -168,12 +183,11 @@ if pgbench:
       f"{pgbench['seconds']} s: **{pgbench['tps']:,.0f} TPS**, {pgbench['latency_ms']:.2f} ms average.\n")
 
 mix = reports.get("mix")
-mix_step = capacity_step(mix) if mix else None
+mix_step, mix_rule = capacity_step(mix) if mix else (None, "")
 if mix_step:
     PLAN = {"scheduler": (750, "8–12"), "user": (500, "6–10"), "content": (600, "4–6"), "scoring": (1500, "4–6")}
     w("## Cost per service and Helm sizing\n")
-    w(f"From the mix at {mix_step['target_rps']:,.0f}/s (its highest valid step within SLO, else the highest valid "
-      "step): the CPU each service spends per mixed request, its memory (proportional set size, so PostgreSQL's "
+    w(f"From the mix at {mix_step['target_rps']:,.0f}/s ({mix_rule}): the CPU each service spends per mixed request, its memory (proportional set size, so PostgreSQL's "
       "shared buffers count once), and what that means for the old plan's 50,000 requests per second with pods "
       "at the plan's CPU requests and the HPA's 60 % target.\n")
     w("The database pool: a pod at 60 % of its CPU request serves `0.6 × request ÷ CPU per request` requests per "
