@@ -30,12 +30,13 @@ KUBE_VERSIONS = ["1.27", kubernetes_validate.latest_version()]
 
 # API groups of the custom resources the chart renders (validated by validate-crds.js).
 CUSTOM_GROUPS = {"argoproj.io", "networking.istio.io", "gateway.networking.k8s.io", "monitoring.coreos.com"}
-# DESIGN §1: the old plan's per-service sizing, the chart's defaults.
+# The chart's defaults: HPA range and CPU from DESIGN §1's plan, memory and pools from our own
+# capacity run (docs/performance.md, "Sizing").
 PLAN = {
-    "scheduler": {"min": 8, "max": 12, "cpu": "750m", "memory": "1536Mi", "pool": (100, 20)},
-    "user": {"min": 6, "max": 10, "cpu": "500m", "memory": "1Gi", "pool": (75, 15)},
-    "content": {"min": 4, "max": 6, "cpu": "600m", "memory": "1Gi", "pool": (50, 10)},
-    "scoring": {"min": 4, "max": 6, "cpu": "1500m", "memory": "3Gi", "pool": (40, 8)},
+    "scheduler": {"min": 8, "max": 12, "cpu": "750m", "memory": "512Mi", "pool": (16, 4)},
+    "user": {"min": 6, "max": 10, "cpu": "500m", "memory": "512Mi", "pool": (16, 4)},
+    "content": {"min": 4, "max": 6, "cpu": "600m", "memory": "1Gi", "pool": (16, 4)},
+    "scoring": {"min": 4, "max": 6, "cpu": "1500m", "memory": "512Mi", "pool": (16, 4)},
 }
 
 # Each toggle, on its own, then the evaluation values file that turns several on together.
