@@ -302,11 +302,14 @@ impl UserStore {
             event_rows.push(format!("(${}, ${}, ${}, ${}, ${}, ${})", n, n + 1, n + 2, n + 3, n + 4, n + 5));
             n += 6;
         }
-        for event in events {
-            for _ in event.skill_ids.iter().collect::<HashSet<_>>() {
-                skill_rows.push(format!("(${}, ${})", n, n + 1));
-                n += 2;
-            }
+        // Each skill once per attempt, as the per-event statements of the transaction count it.
+        let skill_pairs: Vec<(&String, &String)> = events
+            .iter()
+            .flat_map(|e| e.skill_ids.iter().collect::<HashSet<_>>().into_iter().map(move |s| (&e.attempt_id, s)))
+            .collect();
+        for _ in &skill_pairs {
+            skill_rows.push(format!("(${}, ${})", n, n + 1));
+            n += 2;
         }
         let skills = if skill_rows.is_empty() {
             String::new()
@@ -357,10 +360,8 @@ impl UserStore {
                 .bind(i64::from(event.first_attempt))
                 .bind(event.answer_time.as_ref().map_or(now, alp_runtime::time::timestamp_millis));
         }
-        for event in events {
-            for skill_id in event.skill_ids.iter().collect::<HashSet<_>>() {
-                query = query.bind(&event.attempt_id).bind(skill_id);
-            }
+        for (attempt_id, skill_id) in skill_pairs {
+            query = query.bind(attempt_id).bind(skill_id);
         }
         let row = query.bind(now).fetch_one(self.db.pool()).await?;
         let (known, fresh): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
