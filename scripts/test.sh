@@ -43,6 +43,8 @@ cleanup() {
 }
 trap cleanup EXIT
 export ALP_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+# The exactly-once fault test starts (and restarts) a PostgreSQL of its own from these.
+export ALP_TEST_PG_BIN="$pg_bin"
 export ALP_REQUIRE_POSTGRES=1
 
 # --- Redis (tests start their own 6-node clusters on loopback) -------------------------------

@@ -340,7 +340,8 @@ async fn user_rpcs(c: &mut Clients) {
 }
 
 async fn scoring_rpcs(c: &mut Clients) {
-    let apply = ApplyAttemptRequest {
+    let now = alp_runtime::time::timestamp(alp_runtime::time::now_millis());
+    let evaluate = EvaluateAttemptRequest {
         attempt_id: "direct-1".into(),
         learner_id: "grace".into(),
         item_id: "mul-1".into(),
@@ -348,18 +349,40 @@ async fn scoring_rpcs(c: &mut Clients) {
         initial_difficulty: -1.0,
         rating: Rating::Good as i32,
         correct: true,
-        answer_time: Some(alp_runtime::time::timestamp(alp_runtime::time::now_millis())),
+        answer_time: Some(now),
         ..Default::default()
     };
-    let first = c.scoring.apply_attempt(apply.clone()).await.unwrap().into_inner();
-    assert!(!first.duplicate);
-    assert!(first.ability > 0.0, "a correct first answer raises ability");
-    assert!(first.item_difficulty < -1.0, "and lowers the item's difficulty");
-    let replay = c.scoring.apply_attempt(apply.clone()).await.unwrap().into_inner();
-    assert!(replay.duplicate);
-    assert_eq!(replay.memory, first.memory);
-    let conflict = c.scoring.apply_attempt(ApplyAttemptRequest { item_id: "mul-2".into(), ..apply }).await.unwrap_err();
-    assert_eq!(conflict.code(), Code::AlreadyExists);
+    let evaluated = c.scoring.evaluate_attempt(evaluate.clone()).await.unwrap().into_inner();
+    assert!(evaluated.memory.is_some() && evaluated.due_time.is_some());
+    assert!(evaluated.predicted_success > 0.5, "an easy item for a new learner");
+    let again = c.scoring.evaluate_attempt(evaluate.clone()).await.unwrap().into_inner();
+    assert_eq!(again, evaluated, "evaluation writes nothing, so it gives the same answer twice");
+    let err = c.scoring.evaluate_attempt(EvaluateAttemptRequest { answer_time: None, ..evaluate }).await.unwrap_err();
+    assert_invalid(err, "answer_time");
+
+    let recorded = RecordedAttempt {
+        attempt_id: "direct-1".into(),
+        learner_id: "grace".into(),
+        item_id: "mul-1".into(),
+        skill_ids: vec!["multiplication".into()],
+        initial_difficulty: -1.0,
+        rating: Rating::Good as i32,
+        correct: true,
+        first_attempt: true,
+        answer_time: Some(now),
+        ..Default::default()
+    };
+    let batch = |attempts: Vec<RecordedAttempt>| ApplyAttemptsRequest { attempts };
+    let applied = c.scoring.apply_attempts(batch(vec![recorded.clone()])).await.unwrap().into_inner();
+    assert_eq!((applied.applied_count, applied.duplicate_count), (1, 0));
+    let replayed =
+        c.scoring.apply_attempts(batch(vec![recorded.clone(), recorded.clone()])).await.unwrap().into_inner();
+    assert_eq!((replayed.applied_count, replayed.duplicate_count), (0, 2), "applied once, however often sent");
+    let bad = RecordedAttempt { learner_id: String::new(), ..recorded.clone() };
+    let err = c.scoring.apply_attempts(batch(vec![recorded, bad])).await.unwrap_err();
+    assert_invalid(err, "attempts[1].learner_id");
+    let err = c.scoring.apply_attempts(batch(Vec::new())).await.unwrap_err();
+    assert_invalid(err, "attempts");
 
     let model =
         c.scoring.get_learner_model(GetLearnerModelRequest { learner_id: "grace".into() }).await.unwrap().into_inner();
@@ -367,6 +390,7 @@ async fn scoring_rpcs(c: &mut Clients) {
     assert_eq!(model.attempt_count, 1);
     assert_eq!(model.fsrs_parameters.len(), 21);
     assert_eq!(model.skills[0].skill_id, "multiplication");
+    assert!(model.skills[0].ability > 0.0, "a correct first answer raised the ability");
     assert!(!model.parameters_fitted && model.last_fit.is_none());
     let early =
         c.scoring.fit_learner_parameters(FitLearnerParametersRequest { learner_id: "grace".into() }).await.unwrap_err();

@@ -260,6 +260,12 @@ fn create_sqlite_parent_dir(url: &str) -> Result<(), DbSetupError> {
     Ok(())
 }
 
+/// `rows` parenthesised rows of `columns` placeholders each, numbered from `$first`: the
+/// VALUES list of a multi-row insert.
+pub fn value_rows(first: usize, rows: usize, columns: usize) -> String {
+    (0..rows).map(|r| format!("({})", placeholders(first + r * columns, columns))).collect::<Vec<_>>().join(", ")
+}
+
 /// `$first, $first+1, …` for an `IN (…)` list of `n` values.
 pub fn placeholders(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")

@@ -4,49 +4,56 @@
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use alp_proto::common::v1::{Mode, Rating, Reason};
+use alp_proto::common::v1::{Mode, Reason};
 use alp_proto::content::v1::Item;
 use alp_proto::scheduler::v1::scheduler_service_server::SchedulerService;
-use alp_proto::scheduler::v1::submit_attempt_request::Outcome;
 use alp_proto::scheduler::v1::*;
-use alp_proto::scoring::v1::{ApplyAttemptRequest, Candidate, ScoreCandidatesRequest, ScoredItem, TestAnswer};
-use alp_proto::user::v1::ProgressEvent;
+use alp_proto::scoring::v1::{Candidate, ScoreCandidatesRequest, ScoredItem, TestAnswer};
 use alp_runtime::FieldViolation;
 use alp_runtime::page;
-use alp_runtime::time::{duration, millis, now_millis, timestamp, timestamp_millis};
+use alp_runtime::time::{millis, now_millis, timestamp, timestamp_millis};
 use alp_runtime::validate::{id, optional_id, page_size};
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::cache::{CachedMemory, CachedMemoryStates, SchedulerCaches, memory_key};
-use crate::downstream::{Downstreams, LearnerProfile};
+use crate::downstream::{Downstreams, choice_count, retention_if_enrolled};
 use crate::error::SchedulerError;
-use crate::outbox::OutboxRelay;
-use crate::store::{AttemptRow, ExportFilter, MemoryRow, SchedulerStore};
+use crate::outbox::Relay;
+use crate::store::{ExportFilter, MemoryRow, SchedulerStore};
+use crate::submit_attempt::{AttemptRecorder, Submission, Submitted};
 
-const DEFAULT_RETENTION: f64 = 0.90;
 const MAX_NEXT_ITEMS: u32 = 50;
 const MAX_REVIEW_CANDIDATES: usize = 500;
 /// The most recently answered items are always candidates: the ranking keeps their skills apart.
 const RECENT_CANDIDATES: usize = 3;
 /// A mock test draws on seen and unseen items alike; this many unseen ones at most.
 const MOCK_TEST_NEW_CANDIDATES: usize = 500;
-/// How far ahead of the server clock a client's answer time may be.
-const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
-const MAX_RESPONSE_MS: i64 = 60 * 60 * 1000;
+
+/// How long NextItems waits for scoring to learn of the learner's latest answers.
+const READ_YOUR_WRITES_WAIT: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone)]
 pub struct SchedulerApi {
     store: SchedulerStore,
     downstream: Downstreams,
-    outbox: OutboxRelay,
     caches: SchedulerCaches,
+    attempts: AttemptRecorder,
+    /// Scoring's outbox rows: NextItems waits for the learner's to land.
+    scoring_outbox: Relay,
 }
 
 impl SchedulerApi {
-    pub fn new(store: SchedulerStore, downstream: Downstreams, outbox: OutboxRelay, caches: SchedulerCaches) -> Self {
-        Self { store, downstream, outbox, caches }
+    pub fn new(
+        store: SchedulerStore,
+        downstream: Downstreams,
+        caches: SchedulerCaches,
+        attempts: AttemptRecorder,
+        scoring_outbox: Relay,
+    ) -> Self {
+        Self { store, downstream, caches, attempts, scoring_outbox }
     }
 
     /// The learner's memory states in the course, soonest due first; from Redis when it has them.
@@ -60,36 +67,10 @@ impl SchedulerApi {
         Ok(rows)
     }
 
-    /// An attempt recorded before: from the cache, else the attempt log.
-    async fn recorded(&self, attempt_id: &str) -> Result<Option<Attempt>, SchedulerError> {
-        if let Some(attempt) = self.caches.attempts.get(attempt_id).await {
-            return Ok(Some(attempt));
-        }
-        let Some(row) = self.store.attempt(attempt_id).await? else { return Ok(None) };
-        let attempt = row.to_proto();
-        self.caches.attempts.put(attempt_id, attempt.clone()).await;
-        Ok(Some(attempt))
-    }
-
     /// Desired retention of a learner enrolled in `course_id`; defaults when the user service
     /// cannot say.
     async fn enrolled_retention(&self, learner_id: &str, course_id: &str) -> Result<f64, SchedulerError> {
         retention_if_enrolled(self.downstream.learner(learner_id).await?, learner_id, course_id)
-    }
-}
-
-/// The learner's desired retention once they are known to be enrolled in `course_id`.
-fn retention_if_enrolled(profile: LearnerProfile, learner_id: &str, course_id: &str) -> Result<f64, SchedulerError> {
-    match profile {
-        LearnerProfile::Known(learner) => {
-            if !learner.enrolments.iter().any(|e| e.course_id == course_id) {
-                return Err(SchedulerError::FailedPrecondition(format!(
-                    "learner {learner_id:?} is not enrolled in course {course_id:?}; call EnrolLearner first"
-                )));
-            }
-            Ok(if learner.desired_retention > 0.0 { learner.desired_retention } else { DEFAULT_RETENTION })
-        }
-        LearnerProfile::Unknown => Ok(DEFAULT_RETENTION),
     }
 }
 
@@ -101,10 +82,6 @@ fn mode(value: i32) -> Result<Mode, FieldViolation> {
         Ok(mode) => Ok(mode),
         Err(_) => Err(FieldViolation::new("mode", "must be PRACTICE, REVIEW or MOCK_TEST")),
     }
-}
-
-fn choice_count(item: &Item) -> u32 {
-    u32::try_from(item.choices.len()).unwrap_or(0)
 }
 
 fn candidate(item: &Item, memory: Option<&MemoryRow>) -> Candidate {
@@ -181,8 +158,9 @@ impl SchedulerService for SchedulerApi {
                 SchedulerError::from(FieldViolation::new("mock_test_id", "is only allowed in MOCK_TEST mode")).into()
             );
         }
-        // Independent reads, at once: the enrolment check still decides first.
-        let (retention, states, answers) = tokio::join!(
+        // Independent reads, at once: the enrolment check still decides first. Scoring ranks
+        // with the learner's latest answers once their outbox rows have landed.
+        let (retention, states, answers, ()) = tokio::join!(
             self.enrolled_retention(&request.learner_id, &request.course_id),
             self.memory_states(&request.learner_id, &request.course_id),
             async {
@@ -191,7 +169,8 @@ impl SchedulerService for SchedulerApi {
                 } else {
                     Ok(Vec::new())
                 }
-            }
+            },
+            self.scoring_outbox.settled(&request.learner_id, READ_YOUR_WRITES_WAIT),
         );
         let retention = retention?;
         let states = states?;
@@ -301,168 +280,12 @@ impl SchedulerService for SchedulerApi {
     }
 
     async fn submit_attempt(&self, request: Request<SubmitAttemptRequest>) -> RpcResult<SubmitAttemptResponse> {
-        let request = request.into_inner();
-        id("attempt_id", &request.attempt_id).map_err(SchedulerError::from)?;
-        id("learner_id", &request.learner_id).map_err(SchedulerError::from)?;
-        id("item_id", &request.item_id).map_err(SchedulerError::from)?;
-        optional_id("mock_test_id", &request.mock_test_id).map_err(SchedulerError::from)?;
-        let (rating, correct) = match request.outcome {
-            Some(Outcome::Rating(value)) => match Rating::try_from(value) {
-                Ok(Rating::Unspecified) | Err(_) => {
-                    return Err(SchedulerError::from(FieldViolation::new(
-                        "rating",
-                        "must be AGAIN, HARD, GOOD or EASY",
-                    ))
-                    .into());
-                }
-                Ok(rating) => (rating, rating != Rating::Again),
-            },
-            Some(Outcome::Correct(true)) => (Rating::Good, true),
-            Some(Outcome::Correct(false)) => (Rating::Again, false),
-            None => {
-                return Err(SchedulerError::from(FieldViolation::new(
-                    "outcome",
-                    "set exactly one of rating or correct",
-                ))
-                .into());
-            }
+        let submission = Submission::from_request(request.into_inner(), now_millis()).map_err(SchedulerError::from)?;
+        let response = match self.attempts.submit(submission).await? {
+            Submitted::Recorded(attempt) => SubmitAttemptResponse { attempt: Some(attempt), duplicate: false },
+            Submitted::Duplicate(attempt) => SubmitAttemptResponse { attempt: Some(attempt), duplicate: true },
         };
-        let response_ms = match &request.response_time {
-            Some(d) => alp_runtime::time::duration_millis("response_time", d).map_err(SchedulerError::from)?,
-            None => 0,
-        };
-        if response_ms > MAX_RESPONSE_MS {
-            return Err(SchedulerError::from(FieldViolation::new("response_time", "must be at most 1h")).into());
-        }
-        let now = now_millis();
-        let answer_ms = match &request.answer_time {
-            Some(t) => millis("answer_time", t).map_err(SchedulerError::from)?,
-            None => now,
-        };
-        if answer_ms > now + MAX_CLOCK_SKEW_MS {
-            return Err(SchedulerError::from(FieldViolation::new(
-                "answer_time",
-                "must not be more than 5 minutes in the future",
-            ))
-            .into());
-        }
-
-        // Fast path for a retry (Redis first, then the log): the first answer, marked duplicate.
-        let answer = Answer {
-            learner_id: &request.learner_id,
-            item_id: &request.item_id,
-            rating,
-            correct,
-            response_ms,
-            answer_ms: request.answer_time.as_ref().map(|_| answer_ms),
-            mock_test_id: &request.mock_test_id,
-        };
-        // The reads a new attempt needs go out together with the duplicate check: one round trip
-        // of latency instead of four, wasted only on retries.
-        let (recorded, item, learner, prior) = tokio::join!(
-            self.recorded(&request.attempt_id),
-            self.downstream.item(&request.item_id),
-            self.downstream.learner(&request.learner_id),
-            self.store.memory_state(&request.learner_id, &request.item_id),
-        );
-        if let Some(existing) = recorded? {
-            return duplicate(existing, &request.attempt_id, &answer);
-        }
-        let item = item?;
-        let retention = retention_if_enrolled(learner?, &request.learner_id, &item.course_id)?;
-        let prior = prior.map_err(SchedulerError::from)?;
-        let applied = self
-            .downstream
-            .apply_attempt
-            .call(ApplyAttemptRequest {
-                attempt_id: request.attempt_id.clone(),
-                learner_id: request.learner_id.clone(),
-                item_id: request.item_id.clone(),
-                skill_ids: item.skill_ids.clone(),
-                initial_difficulty: item.difficulty,
-                choice_count: choice_count(&item),
-                rating: rating as i32,
-                correct,
-                prior_memory: prior.as_ref().map(MemoryRow::memory),
-                last_review_time: prior.as_ref().map(|p| timestamp(p.last_review_ms)),
-                prior_due_time: prior.as_ref().map(|p| timestamp(p.due_ms)),
-                answer_time: Some(timestamp(answer_ms)),
-                response_time: Some(duration(response_ms)),
-                desired_retention: retention,
-                mock_test: !request.mock_test_id.is_empty(),
-            })
-            .await
-            .map_err(SchedulerError::Downstream)?;
-        let memory = applied.memory.unwrap_or_default();
-        let due_ms = applied.due_time.as_ref().map_or(answer_ms, timestamp_millis);
-
-        let attempt = AttemptRow {
-            attempt_id: request.attempt_id.clone(),
-            learner_id: request.learner_id.clone(),
-            course_id: item.course_id.clone(),
-            item_id: request.item_id.clone(),
-            rating: rating as i32,
-            correct,
-            response_ms,
-            answer_ms,
-            record_ms: now,
-            stability: memory.stability,
-            difficulty: memory.difficulty,
-            due_ms,
-            predicted_recall: applied.predicted_recall,
-            predicted_success: applied.predicted_success,
-            mock_test_id: request.mock_test_id.clone(),
-        };
-        let state = MemoryRow {
-            item_id: request.item_id.clone(),
-            course_id: item.course_id.clone(),
-            stability: memory.stability,
-            difficulty: memory.difficulty,
-            last_review_ms: answer_ms,
-            due_ms,
-            last_rating: rating as i32,
-            review_count: 1,
-            lapse_count: i64::from(rating == Rating::Again && prior.is_some()),
-            phase: memory.phase,
-            step: memory.step,
-            knowledge: memory.knowledge,
-        };
-        let event = ProgressEvent {
-            attempt_id: request.attempt_id.clone(),
-            learner_id: request.learner_id.clone(),
-            course_id: item.course_id.clone(),
-            item_id: request.item_id.clone(),
-            skill_ids: item.skill_ids.clone(),
-            correct,
-            first_attempt: prior.is_none(),
-            answer_time: Some(timestamp(answer_ms)),
-        };
-        // In a task of its own: once the attempt commits, the cache invalidation and the progress
-        // event must follow even if the caller's deadline cuts this handler short.
-        let (store, caches, outbox) = (self.store.clone(), self.caches.clone(), self.outbox.clone());
-        let key = memory_key(&request.learner_id, &item.course_id);
-        let recording = tokio::spawn(async move {
-            let Some(seq) = store.record(&attempt, &state, &event).await? else { return Ok(None) };
-            // Before answering, so the learner's next NextItems cannot see the state before this.
-            caches.memory.invalidate(&[key]).await;
-            let recorded = attempt.to_proto();
-            caches.attempts.put(&attempt.attempt_id, recorded.clone()).await;
-            outbox.send(seq, event);
-            Ok::<_, alp_runtime::StoreError>(Some(recorded))
-        });
-        let recorded = recording
-            .await
-            .map_err(|e| SchedulerError::Unavailable(format!("recording the attempt failed: {e}")))?
-            .map_err(SchedulerError::from)?;
-        let Some(recorded) = recorded else {
-            // A concurrent call with the same attempt id committed first.
-            let existing = self
-                .recorded(&request.attempt_id)
-                .await?
-                .ok_or_else(|| SchedulerError::FailedPrecondition("attempt vanished; retry".to_owned()))?;
-            return duplicate(existing, &request.attempt_id, &answer);
-        };
-        Ok(Response::new(SubmitAttemptResponse { attempt: Some(recorded), duplicate: false }))
+        Ok(Response::new(response))
     }
 
     async fn list_due_items(&self, request: Request<ListDueItemsRequest>) -> RpcResult<ListDueItemsResponse> {
@@ -552,51 +375,4 @@ impl SchedulerService for SchedulerApi {
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))))
     }
-}
-
-/// What a SubmitAttempt says, to compare a retry with the attempt first recorded under its id.
-struct Answer<'a> {
-    learner_id: &'a str,
-    item_id: &'a str,
-    rating: Rating,
-    correct: bool,
-    response_ms: i64,
-    /// Only when the caller set it; otherwise each retry would bring its own clock reading.
-    answer_ms: Option<i64>,
-    mock_test_id: &'a str,
-}
-
-/// The recorded answer for a retried attempt id, or a conflict when the id is reused for a
-/// different answer: a retry never overwrites, and never silently drops a different answer.
-fn duplicate(existing: Attempt, attempt_id: &str, answer: &Answer<'_>) -> RpcResult<SubmitAttemptResponse> {
-    let recorded_ms = |t: &Option<prost_types::Timestamp>| t.as_ref().map(timestamp_millis);
-    let recorded_response_ms =
-        existing.response_time.as_ref().map_or(0, |d| d.seconds * 1000 + i64::from(d.nanos / 1_000_000));
-    let mut differences = Vec::new();
-    if existing.learner_id != answer.learner_id {
-        differences.push("learner_id");
-    }
-    if existing.item_id != answer.item_id {
-        differences.push("item_id");
-    }
-    if existing.rating != answer.rating as i32 || existing.correct != answer.correct {
-        differences.push("outcome");
-    }
-    if recorded_response_ms != answer.response_ms {
-        differences.push("response_time");
-    }
-    if answer.answer_ms.is_some_and(|ms| recorded_ms(&existing.answer_time) != Some(ms)) {
-        differences.push("answer_time");
-    }
-    if existing.mock_test_id != answer.mock_test_id {
-        differences.push("mock_test_id");
-    }
-    if !differences.is_empty() {
-        return Err(SchedulerError::AttemptConflict {
-            attempt_id: attempt_id.to_owned(),
-            fields: differences.join(", "),
-        }
-        .into());
-    }
-    Ok(Response::new(SubmitAttemptResponse { attempt: Some(existing), duplicate: true }))
 }

@@ -1,14 +1,13 @@
-//! The scheduler's caches: each learner's memory states in a course (read by every NextItems)
-//! and recorded attempts (the idempotency fast path of SubmitAttempt).
+//! The scheduler's cache: each learner's memory states in a course (read by every NextItems).
 //!
 //! Memory states change with every answer and a learner may be served by any replica, so they
 //! skip the in-process level: a stale copy on another replica would offer the item just
-//! answered. They live in Redis alone, dropped by SubmitAttempt before it answers. Attempts never
-//! change once recorded, so both levels hold them.
+//! answered. They live in Redis alone, dropped by SubmitAttempt before it answers. A retried
+//! attempt is found by the log's unique attempt id, which every new attempt's insert checks
+//! anyway, so attempts are not cached.
 
 use std::time::Duration;
 
-use alp_proto::scheduler::v1::Attempt;
 use alp_runtime::cache::{Cache, CacheSettings};
 use alp_runtime::redis::Redis;
 
@@ -16,13 +15,6 @@ use crate::store::MemoryRow;
 
 pub const MEMORY_CACHE: CacheSettings =
     CacheSettings { name: "memory", l1_capacity: 0, l1_ttl: Duration::ZERO, l2_ttl: Duration::from_secs(600) };
-
-pub const ATTEMPT_CACHE: CacheSettings = CacheSettings {
-    name: "attempts",
-    l1_capacity: 20_000,
-    l1_ttl: Duration::from_secs(600),
-    l2_ttl: Duration::from_secs(24 * 3600),
-};
 
 /// The cached form of a learner's memory states in one course.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -100,12 +92,11 @@ impl From<CachedMemory> for MemoryRow {
 #[derive(Debug, Clone)]
 pub struct SchedulerCaches {
     pub memory: Cache<CachedMemoryStates>,
-    pub attempts: Cache<Attempt>,
 }
 
 impl SchedulerCaches {
     pub fn new(redis: Option<Redis>) -> Self {
-        Self { memory: Cache::new(MEMORY_CACHE, redis.clone()), attempts: Cache::new(ATTEMPT_CACHE, redis) }
+        Self { memory: Cache::new(MEMORY_CACHE, redis) }
     }
 }
 

@@ -15,12 +15,13 @@ use alp_proto::content::v1::{
 use alp_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
 use alp_proto::scoring::v1::scoring_service_server::SERVICE_NAME as SCORING_SERVICE;
 use alp_proto::scoring::v1::{
-    ApplyAttemptRequest, ApplyAttemptResponse, ScoreCandidatesRequest, ScoreCandidatesResponse, SkillPrerequisites,
+    ApplyAttemptsRequest, ApplyAttemptsResponse, EvaluateAttemptRequest, EvaluateAttemptResponse, RecordedAttempt,
+    ScoreCandidatesRequest, ScoreCandidatesResponse, SkillPrerequisites,
 };
 use alp_proto::user::v1::user_service_client::UserServiceClient;
 use alp_proto::user::v1::user_service_server::SERVICE_NAME as USER_SERVICE;
 use alp_proto::user::v1::{
-    GetLearnerRequest, GetLearnerResponse, Learner, RecordProgressRequest, RecordProgressResponse,
+    GetLearnerRequest, GetLearnerResponse, Learner, ProgressEvent, RecordProgressRequest, RecordProgressResponse,
 };
 use alp_runtime::batch::{BatchConfig, BatchError, Batcher};
 use alp_runtime::client::{AddressError, CallError, Downstream, DownstreamConfig, Method, Rpc, deadline_for};
@@ -29,6 +30,9 @@ use tonic::Code;
 
 use crate::catalogue::Catalogue;
 use crate::error::SchedulerError;
+use crate::outbox::{Consumer, Deliver};
+
+const DEFAULT_RETENTION: f64 = 0.90;
 
 /// Item lookups wait at most this long for company; SubmitAttempt's whole budget is tens of ms.
 const ITEM_BATCH: BatchConfig =
@@ -55,8 +59,9 @@ pub struct Downstreams {
     list_items: Rpc<ListItemsRequest, ListItemsResponse>,
     list_skills: Rpc<ListSkillsRequest, ListSkillsResponse>,
     pub score_candidates: Rpc<ScoreCandidatesRequest, ScoreCandidatesResponse>,
-    pub apply_attempt: Rpc<ApplyAttemptRequest, ApplyAttemptResponse>,
-    pub record_progress: Rpc<RecordProgressRequest, RecordProgressResponse>,
+    pub evaluate_attempt: Rpc<EvaluateAttemptRequest, EvaluateAttemptResponse>,
+    apply_attempts: Rpc<ApplyAttemptsRequest, ApplyAttemptsResponse>,
+    record_progress: Rpc<RecordProgressRequest, RecordProgressResponse>,
     items: Batcher<String, Item, CallError>,
     /// Every NextItems needs the whole course (a thousand items is a few hundred kB): listing it
     /// per call cost more than all the rest of NextItems together.
@@ -97,8 +102,11 @@ impl Downstreams {
             get_learner: user.rpc(Method::idempotent("GetLearner"), send!(UserServiceClient::get_learner)),
             list_items: content.rpc(Method::idempotent("ListItems"), send!(ContentServiceClient::list_items)),
             list_skills: content.rpc(Method::idempotent("ListSkills"), send!(ContentServiceClient::list_skills)),
+            evaluate_attempt: scoring
+                .rpc(Method::idempotent("EvaluateAttempt"), send!(ScoringServiceClient::evaluate_attempt)),
             // Idempotent by the attempt id: scoring applies each attempt once.
-            apply_attempt: scoring.rpc(Method::idempotent("ApplyAttempt"), send!(ScoringServiceClient::apply_attempt)),
+            apply_attempts: scoring
+                .rpc(Method::idempotent("ApplyAttempts"), send!(ScoringServiceClient::apply_attempts)),
             score_candidates: scoring
                 .rpc(Method::idempotent("ScoreCandidates"), send!(ScoringServiceClient::score_candidates)),
             batch_get_items,
@@ -112,6 +120,32 @@ impl Downstreams {
             learners: Arc::default(),
             item_timeout,
         })
+    }
+
+    /// How the consumer's outbox rows reach it.
+    pub fn deliver_to(&self, consumer: Consumer) -> Deliver {
+        match consumer {
+            Consumer::Scoring => {
+                let rpc = self.apply_attempts.clone();
+                Arc::new(move |rows| {
+                    let rpc = rpc.clone();
+                    Box::pin(async move {
+                        let attempts = decode_rows::<RecordedAttempt>(&rows)?;
+                        rpc.call(ApplyAttemptsRequest { attempts }).await.map(drop).map_err(|e| e.to_string())
+                    })
+                })
+            }
+            Consumer::User => {
+                let rpc = self.record_progress.clone();
+                Arc::new(move |rows| {
+                    let rpc = rpc.clone();
+                    Box::pin(async move {
+                        let events = decode_rows::<ProgressEvent>(&rows)?;
+                        rpc.call(RecordProgressRequest { events }).await.map(drop).map_err(|e| e.to_string())
+                    })
+                })
+            }
+        }
     }
 
     /// The learner from the user service; when it is unavailable, the last profile seen (stale
@@ -238,6 +272,37 @@ impl Downstreams {
         }
         Ok(graph)
     }
+}
+
+/// The learner's desired retention once they are known to be enrolled in `course_id`.
+pub fn retention_if_enrolled(
+    profile: LearnerProfile,
+    learner_id: &str,
+    course_id: &str,
+) -> Result<f64, SchedulerError> {
+    match profile {
+        LearnerProfile::Known(learner) => {
+            if !learner.enrolments.iter().any(|e| e.course_id == course_id) {
+                return Err(SchedulerError::FailedPrecondition(format!(
+                    "learner {learner_id:?} is not enrolled in course {course_id:?}; call EnrolLearner first"
+                )));
+            }
+            Ok(if learner.desired_retention > 0.0 { learner.desired_retention } else { DEFAULT_RETENTION })
+        }
+        LearnerProfile::Unknown => Ok(DEFAULT_RETENTION),
+    }
+}
+
+pub fn choice_count(item: &Item) -> u32 {
+    u32::try_from(item.choices.len()).unwrap_or(0)
+}
+
+/// Outbox rows as the messages they encode; the scheduler wrote them, so a row that does not
+/// decode is a defect to report, not to skip.
+fn decode_rows<M: prost::Message + Default>(rows: &[Vec<u8>]) -> Result<Vec<M>, String> {
+    rows.iter()
+        .map(|row| M::decode(row.as_slice()).map_err(|e| format!("an outbox row does not decode: {e}")))
+        .collect()
 }
 
 /// A course's items in service, in course order, shared by the calls of the moment.

@@ -7,6 +7,7 @@ mod downstream;
 mod error;
 mod outbox;
 mod store;
+mod submit_attempt;
 
 use std::future::Future;
 
@@ -21,7 +22,7 @@ use tonic::service::Routes;
 pub use api::SchedulerApi;
 pub use downstream::DownstreamConfigs;
 pub use error::SchedulerError;
-pub use store::{AttemptRow, ExportFilter, MemoryRow, SchedulerStore};
+pub use store::{AttemptRow, Consumer, ExportFilter, MemoryRow, SchedulerStore};
 
 pub const SERVICE_NAME: &str = scheduler_service_server::SERVICE_NAME;
 
@@ -50,6 +51,12 @@ pub const MIGRATIONS: &[MigrationStep] = &[
         postgres: include_str!("../migrations/postgres/0003_knowledge_and_mock_tests.sql"),
         sqlite: include_str!("../migrations/sqlite/0003_knowledge_and_mock_tests.sql"),
     },
+    MigrationStep {
+        version: 4,
+        description: "outbox consumers",
+        postgres: include_str!("../migrations/postgres/0004_outbox_consumers.sql"),
+        sqlite: include_str!("../migrations/sqlite/0004_outbox_consumers.sql"),
+    },
 ];
 
 #[derive(Debug, Clone)]
@@ -69,7 +76,8 @@ pub async fn serve(config: SchedulerConfig, listener: TcpListener) -> Result<(),
 /// Runs the scheduler until `shutdown` resolves, then drains. SERVING needs the database only:
 /// content, scoring and user each have a health entry of their own
 /// (`alp.scheduler.v1.SchedulerService/scoring`, ...). Without scoring NextItems answers in
-/// degraded mode; without user, progress waits in the outbox; without content, calls fail fast.
+/// degraded mode, attempts fail fast and recorded ones wait in the outbox; without user,
+/// progress waits in the outbox; without content, calls fail fast.
 pub async fn serve_with_shutdown(
     config: SchedulerConfig,
     listener: TcpListener,
@@ -82,12 +90,26 @@ pub async fn serve_with_shutdown(
         .await
         .map_err(|e| ServeError::Setup(e.to_string()))?;
     let dependencies = [downstream.content.clone(), downstream.scoring.clone(), downstream.user.clone()];
-    let relay = outbox::OutboxRelay::new(store.clone(), downstream.record_progress.clone());
-    let stop_relay = CancellationToken::new();
-    let relay_task = tokio::spawn(relay.clone().run(stop_relay.clone()));
+    let relay = |consumer| {
+        outbox::Relay::new(consumer, outbox::RelayConfig::default(), store.clone(), downstream.deliver_to(consumer))
+    };
+    let (scoring_outbox, user_outbox) = (relay(outbox::Consumer::Scoring), relay(outbox::Consumer::User));
+    let stop_relays = CancellationToken::new();
+    let relays = tokio::spawn({
+        let (scoring, user, stop) = (scoring_outbox.clone(), user_outbox.clone(), stop_relays.clone());
+        async move { tokio::join!(scoring.run(stop.clone()), user.run(stop)) }
+    });
 
     let redis = Redis::connect_optional(config.redis.as_ref(), REDIS_PREFIX).map_err(ServeError::Setup)?;
-    let api = SchedulerApi::new(store, downstream, relay, cache::SchedulerCaches::new(redis.clone()));
+    let caches = cache::SchedulerCaches::new(redis.clone());
+    let attempts = submit_attempt::AttemptRecorder::new(
+        store.clone(),
+        downstream.clone(),
+        caches.clone(),
+        scoring_outbox.clone(),
+        user_outbox,
+    );
+    let api = SchedulerApi::new(store, downstream, caches, attempts, scoring_outbox);
     let routes =
         Routes::new(SchedulerServiceServer::new(api).max_decoding_message_size(config.server.max_message_bytes));
     let readiness = dependencies
@@ -95,8 +117,8 @@ pub async fn serve_with_shutdown(
         .fold(Readiness::new().with_database(db.clone()), Readiness::with_downstream)
         .with_redis(redis);
     let result = server::run(SERVICE_NAME, routes, &config.server, listener, readiness, shutdown).await;
-    stop_relay.cancel();
-    let _ = relay_task.await;
+    stop_relays.cancel();
+    let _ = relays.await;
     db.close().await;
     result
 }

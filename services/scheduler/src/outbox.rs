@@ -1,105 +1,243 @@
-//! Progress events to the user service. Each event is written to the outbox in the attempt's
-//! transaction, and leaves it only after the user service acknowledged it; the user service
-//! dedupes by attempt id, so an event delivered twice counts once.
+//! What follows from the log of record: each attempt's commit writes one outbox row per
+//! consumer (scoring's models, the user service's progress), and a row leaves the outbox only
+//! after its consumer acknowledged it. Consumers dedupe by attempt id, so a row delivered twice
+//! counts once, and the commit of the attempt is the only durable write before the answer.
 //!
-//! Two ways out: right after an attempt commits, its event joins a batch of the events of the
-//! moment (the fast path, milliseconds behind the attempt); and a relay sweeps whatever the fast
-//! path could not deliver, polling, with backoff while the user service is down. An outage of
-//! the user service delays progress; it never loses it.
+//! Two ways out per consumer. Right after an attempt commits, its row joins the consumer's
+//! fast path: one batch in flight at a time, and while it is out the next one gathers, so a
+//! slow consumer gets fewer, larger batches (group commit). A sweeper delivers whatever the
+//! fast path could not, with backoff while the consumer is down. Delivered rows are deleted in
+//! bulk a moment later; a crash before that only delivers them again. An outage of a consumer
+//! delays its rows; it never loses them.
+//!
+//! The learner's next NextItems must rank with their latest answer, which scoring learns from
+//! its batch: [`Relay::settled`] waits for the learner's rows on this replica's fast path,
+//! asking it to send at once.
 
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use alp_proto::user::v1::{ProgressEvent, RecordProgressRequest, RecordProgressResponse};
-use alp_runtime::batch::{BatchConfig, Batcher};
-use alp_runtime::client::Rpc;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::SchedulerStore;
 
-const BATCH_SIZE: u32 = 500;
-const IDLE_POLL: Duration = Duration::from_secs(2);
+/// Whose rows these are: the `consumer` column of the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Consumer {
+    Scoring,
+    User,
+}
+
+impl Consumer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consumer::Scoring => "scoring",
+            Consumer::User => "user",
+        }
+    }
+}
+
+/// How rows reach one consumer.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayConfig {
+    /// Rows in one delivery.
+    pub max_batch: usize,
+    /// Longest a row waits on the fast path for company.
+    pub max_delay: Duration,
+    /// Rows waiting for the fast path; past it they are left to the sweeper.
+    pub queue: usize,
+    /// How long the sweeper leaves a new row to the fast path.
+    pub fast_path_allowance: Duration,
+    /// The sweeper's poll when idle.
+    pub idle_poll: Duration,
+    /// How often delivered rows are deleted.
+    pub delete_every: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 500,
+            max_delay: Duration::from_millis(20),
+            queue: 20_000,
+            fast_path_allowance: Duration::from_secs(1),
+            idle_poll: Duration::from_secs(2),
+            delete_every: Duration::from_millis(250),
+        }
+    }
+}
+
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// The fast path is not on the caller's path, so it can wait a little for a fuller batch.
-const FAST_PATH: BatchConfig =
-    BatchConfig { max_size: 500, max_delay: Duration::from_millis(5), queue: 10_000, max_in_flight: 4 };
+/// Delivered rows deleted per statement.
+const DELETES_PER_STATEMENT: usize = 1000;
 
-/// How long the relay leaves a new event to the fast path before sweeping it.
-const FAST_PATH_ALLOWANCE: Duration = Duration::from_secs(1);
+/// Sends encoded rows to the consumer; Ok once it has durably applied them.
+pub type Deliver = Arc<dyn Fn(Vec<Vec<u8>>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
-/// An outbox row: its sequence number and event, known by the event's attempt id.
-#[derive(Debug, Clone)]
+/// A committed row on its way.
+#[derive(Debug)]
 struct Pending {
     seq: i64,
-    event: ProgressEvent,
+    learner_id: String,
+    event: Vec<u8>,
 }
 
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        self.event.attempt_id == other.event.attempt_id
-    }
-}
-
-impl Eq for Pending {}
-
-impl Hash for Pending {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.event.attempt_id.hash(state);
-    }
-}
-
-type RecordProgress = Rpc<RecordProgressRequest, RecordProgressResponse>;
-
-#[derive(Debug, Clone)]
-pub struct OutboxRelay {
+#[derive(Clone)]
+pub struct Relay {
+    consumer: Consumer,
+    config: RelayConfig,
     store: SchedulerStore,
-    user: RecordProgress,
-    fast_path: Batcher<Pending, (), String>,
+    deliver: Deliver,
+    fast_path: mpsc::Sender<Pending>,
+    /// Send the batch being gathered now.
+    flush: Arc<Notify>,
+    /// Wakes the sweeper after the fast path failed.
     wake: Arc<Notify>,
+    /// Delivered rows awaiting their bulk delete.
+    delivered: Arc<Mutex<Vec<i64>>>,
+    /// Per learner, their rows on the fast path; bumped after each delivery.
+    in_flight: Arc<Mutex<HashMap<String, usize>>>,
+    deliveries: watch::Sender<u64>,
+    /// Ends the fast path once [`Relay::run`] has stopped.
+    stopped: CancellationToken,
 }
 
-impl OutboxRelay {
-    pub fn new(store: SchedulerStore, user: RecordProgress) -> Self {
-        let fast_path = {
-            let (store, user) = (store.clone(), user.clone());
-            Batcher::new("user.progress", FAST_PATH, move |rows: Vec<Pending>| {
-                let (store, user) = (store.clone(), user.clone());
-                async move {
-                    deliver(&store, &user, rows.iter().map(|r| (r.seq, r.event.clone())).collect()).await?;
-                    Ok(rows.into_iter().map(|row| (row, ())).collect())
-                }
-            })
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").field("consumer", &self.consumer).finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// A relay with its fast path running; [`Relay::run`] starts the sweeper.
+    pub fn new(consumer: Consumer, config: RelayConfig, store: SchedulerStore, deliver: Deliver) -> Self {
+        let (fast_path, queue) = mpsc::channel(config.queue.max(1));
+        let relay = Self {
+            consumer,
+            config,
+            store,
+            deliver,
+            fast_path,
+            flush: Arc::new(Notify::new()),
+            wake: Arc::new(Notify::new()),
+            delivered: Arc::default(),
+            in_flight: Arc::default(),
+            deliveries: watch::Sender::new(0),
+            stopped: CancellationToken::new(),
         };
-        Self { store, user, fast_path, wake: Arc::new(Notify::new()) }
+        tokio::spawn(relay.clone().fast_path(queue));
+        relay
     }
 
-    /// Delivers a just-committed event in the next batch; on failure the event stays in the
-    /// outbox and the relay is woken to retry it with backoff.
-    pub fn send(&self, seq: i64, event: ProgressEvent) {
-        let relay = self.clone();
-        tokio::spawn(async move {
-            if let Err(error) = relay.fast_path.load(Pending { seq, event }).await {
-                tracing::debug!(%error, "progress fast path failed; the relay will retry");
-                relay.wake.notify_one();
+    /// Hands a just-committed row to the fast path. A full queue leaves it to the sweeper.
+    pub fn send(&self, seq: i64, learner_id: &str, event: Vec<u8>) {
+        let learner_id = learner_id.to_owned();
+        self.counts().entry(learner_id.clone()).and_modify(|n| *n += 1).or_insert(1);
+        if let Err(full) = self.fast_path.try_send(Pending { seq, learner_id, event }) {
+            self.release(std::slice::from_ref(&full.into_inner().learner_id));
+        }
+    }
+
+    /// Waits, at most `bound`, until none of the learner's rows is on this replica's fast path.
+    pub async fn settled(&self, learner_id: &str, bound: Duration) {
+        let mut deliveries = self.deliveries.subscribe();
+        if !self.counts().contains_key(learner_id) {
+            return;
+        }
+        self.flush.notify_one();
+        let until = Instant::now() + bound;
+        while self.counts().contains_key(learner_id) {
+            if tokio::time::timeout_at(until, deliveries.changed()).await.is_err() {
+                tracing::debug!(learner_id, consumer = self.consumer.as_str(), "outbox not settled in time");
+                return;
             }
-        });
+        }
     }
 
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn release(&self, learners: &[String]) {
+        let mut counts = self.counts();
+        for learner in learners {
+            if let Some(n) = counts.get_mut(learner) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(learner);
+                }
+            }
+        }
+        drop(counts);
+        self.deliveries.send_modify(|n| *n += 1);
+    }
+
+    async fn fast_path(self, mut queue: mpsc::Receiver<Pending>) {
+        let max_batch = self.config.max_batch.max(1);
+        loop {
+            let first = tokio::select! {
+                next = queue.recv() => next,
+                () = self.stopped.cancelled() => None,
+            };
+            let Some(first) = first else { return };
+            let flush_at = Instant::now() + self.config.max_delay;
+            let mut batch = vec![first];
+            while batch.len() < max_batch {
+                tokio::select! {
+                    biased;
+                    next = queue.recv() => match next {
+                        Some(row) => batch.push(row),
+                        None => break,
+                    },
+                    () = self.flush.notified() => break,
+                    () = tokio::time::sleep_until(flush_at) => break,
+                }
+            }
+            let learners: Vec<String> = batch.iter().map(|p| p.learner_id.clone()).collect();
+            let rows = batch.into_iter().map(|p| (p.seq, p.event)).collect();
+            // Inline: one batch in flight, and the queue fills the next one meanwhile.
+            if let Err(error) = self.deliver_rows(rows).await {
+                tracing::debug!(%error, consumer = self.consumer.as_str(), "outbox fast path failed; the sweeper will retry");
+                self.wake.notify_one();
+            }
+            self.release(&learners);
+        }
+    }
+
+    /// Sends rows to the consumer; once it acknowledged them, they are due for deletion.
+    async fn deliver_rows(&self, rows: Vec<(i64, Vec<u8>)>) -> Result<(), String> {
+        let (seqs, events): (Vec<i64>, Vec<Vec<u8>>) = rows.into_iter().unzip();
+        (self.deliver)(events).await?;
+        metrics::counter!("alp_scheduler_outbox_delivered_total", "consumer" => self.consumer.as_str())
+            .increment(seqs.len() as u64);
+        self.delivered.lock().unwrap_or_else(PoisonError::into_inner).extend(seqs);
+        Ok(())
+    }
+
+    /// The sweeper and the bulk deletes, until `stop`; then the last deletes.
     pub async fn run(self, stop: CancellationToken) {
+        tokio::join!(self.sweep(stop.clone()), self.delete_delivered(stop));
+        self.stopped.cancel();
+    }
+
+    async fn sweep(&self, stop: CancellationToken) {
         let mut backoff = MIN_BACKOFF;
         loop {
-            let delivered = self.deliver_once().await;
+            let swept = self.sweep_once().await;
             self.report_pending().await;
-            let delay = match delivered {
+            let delay = match swept {
                 Ok(0) => {
                     backoff = MIN_BACKOFF;
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = self.wake.notified() => {}
-                        () = tokio::time::sleep(IDLE_POLL) => {}
+                        () = tokio::time::sleep(self.config.idle_poll) => {}
                     }
                     continue;
                 }
@@ -108,7 +246,7 @@ impl OutboxRelay {
                     continue;
                 }
                 Err(reason) => {
-                    tracing::warn!(%reason, retry_in_ms = backoff.as_millis() as u64, "progress delivery failed; events stay in the outbox");
+                    tracing::warn!(%reason, consumer = self.consumer.as_str(), retry_in_ms = backoff.as_millis() as u64, "outbox delivery failed; rows stay in the outbox");
                     let delay = backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     delay
@@ -121,39 +259,48 @@ impl OutboxRelay {
         }
     }
 
-    /// Publishes how many events wait, so an outage of the user service shows as a growing gauge.
-    async fn report_pending(&self) {
-        if let Ok(depth) = self.store.outbox_depth().await {
-            metrics::gauge!("alp_scheduler_outbox_pending").set(depth as f64);
-        }
-    }
-
-    /// Sends one batch from the outbox; the number of events delivered.
-    async fn deliver_once(&self) -> Result<usize, String> {
-        // Younger events are still with the fast path.
-        let recorded_before = alp_runtime::time::now_millis() - FAST_PATH_ALLOWANCE.as_millis() as i64;
-        let batch = self.store.outbox_batch(BATCH_SIZE, recorded_before).await.map_err(|e| e.to_string())?;
-        if batch.is_empty() {
+    /// Delivers one batch of rows the fast path left behind; how many.
+    async fn sweep_once(&self) -> Result<usize, String> {
+        let recorded_before = alp_runtime::time::now_millis() - self.config.fast_path_allowance.as_millis() as i64;
+        let awaiting_delete = self.delivered.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let limit = u32::try_from(self.config.max_batch).unwrap_or(u32::MAX);
+        let mut rows =
+            self.store.outbox_batch(self.consumer, limit, recorded_before).await.map_err(|e| e.to_string())?;
+        rows.retain(|(seq, _)| !awaiting_delete.contains(seq));
+        if rows.is_empty() {
             return Ok(0);
         }
-        let count = batch.len();
-        deliver(&self.store, &self.user, batch).await?;
+        let count = rows.len();
+        self.deliver_rows(rows).await?;
         Ok(count)
     }
-}
 
-/// Sends events to the user service and, once it acknowledged them, deletes their rows.
-async fn deliver(store: &SchedulerStore, user: &RecordProgress, rows: Vec<(i64, ProgressEvent)>) -> Result<(), String> {
-    let (seqs, events): (Vec<i64>, Vec<ProgressEvent>) = rows.into_iter().unzip();
-    let response = user.call(RecordProgressRequest { events }).await.map_err(|e| e.to_string())?;
-    store.outbox_delete(&seqs).await.map_err(|e| e.to_string())?;
-    metrics::counter!("alp_scheduler_outbox_delivered_total").increment(seqs.len() as u64);
-    tracing::debug!(
-        delivered = seqs.len(),
-        applied = response.applied_count,
-        duplicates = response.duplicate_count,
-        unknown_learners = response.unknown_learner_count,
-        "progress delivered"
-    );
-    Ok(())
+    async fn delete_delivered(&self, stop: CancellationToken) {
+        let mut every = tokio::time::interval(self.config.delete_every);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stopping = tokio::select! {
+                () = stop.cancelled() => true,
+                _ = every.tick() => false,
+            };
+            let seqs = std::mem::take(&mut *self.delivered.lock().unwrap_or_else(PoisonError::into_inner));
+            for chunk in seqs.chunks(DELETES_PER_STATEMENT) {
+                if let Err(error) = self.store.outbox_delete(chunk).await {
+                    // Kept for the next round; meanwhile the sweeper skips them.
+                    tracing::warn!(%error, "deleting delivered outbox rows failed");
+                    self.delivered.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(chunk);
+                }
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Publishes how many rows wait, so an outage of a consumer shows as a growing gauge.
+    async fn report_pending(&self) {
+        if let Ok(depth) = self.store.outbox_depth(self.consumer).await {
+            metrics::gauge!("alp_scheduler_outbox_pending", "consumer" => self.consumer.as_str()).set(depth as f64);
+        }
+    }
 }

@@ -1,14 +1,14 @@
-//! The scheduler's own data: the attempt log, memory states and the progress outbox.
+//! The scheduler's own data: the attempt log, memory states and the outbox to its consumers.
 
 use alp_proto::common::v1::MemoryState;
 use alp_proto::scheduler::v1::Attempt;
-use alp_proto::user::v1::ProgressEvent;
 use alp_runtime::StoreError;
-use alp_runtime::db::{AnyQuery, Database, Dialect, placeholders};
+use alp_runtime::db::{AnyQuery, Database, Dialect, placeholders, value_rows};
 use alp_runtime::time::{duration, timestamp};
-use prost::Message;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
+
+pub use crate::outbox::Consumer;
 
 /// A learner's memory of one item.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,29 +179,42 @@ impl SchedulerStore {
         rows.iter().map(memory_from_row).collect()
     }
 
-    /// Records an attempt, the new memory state and the outbox event atomically; the event's
-    /// outbox sequence number. None, writing nothing, when the attempt id is already recorded.
+    /// Records an attempt, the new memory state and one outbox row per consumer atomically: the
+    /// rows' sequence numbers, in `outbox`'s order. None, writing nothing, when the attempt id is
+    /// already recorded.
     pub async fn record(
         &self,
         attempt: &AttemptRow,
         memory: &MemoryRow,
-        event: &ProgressEvent,
-    ) -> Result<Option<i64>, StoreError> {
-        match self.db.dialect() {
-            Dialect::Postgres => self.record_in_one_statement(attempt, memory, event).await,
-            Dialect::Sqlite => self.record_in_transaction(attempt, memory, event).await,
-        }
+        outbox: &[(Consumer, Vec<u8>)],
+    ) -> Result<Option<Vec<i64>>, StoreError> {
+        let seqs = match self.db.dialect() {
+            Dialect::Postgres => self.record_in_one_statement(attempt, memory, outbox).await?,
+            Dialect::Sqlite => self.record_in_transaction(attempt, memory, outbox).await?,
+        };
+        let Some(seqs) = seqs else { return Ok(None) };
+        // Back in the caller's order.
+        outbox
+            .iter()
+            .map(|(consumer, _)| {
+                seqs.iter()
+                    .find(|(c, _)| c == consumer.as_str())
+                    .map(|(_, seq)| *seq)
+                    .ok_or_else(|| StoreError::Corrupt(format!("no outbox row for {} returned", consumer.as_str())))
+            })
+            .collect::<Result<Vec<i64>, StoreError>>()
+            .map(Some)
     }
 
     /// PostgreSQL: one statement is one round trip and its own transaction. The memory state and
-    /// the outbox row are written only when the attempt's insert returned a row, so a duplicate
+    /// the outbox rows are written only when the attempt's insert returned a row, so a duplicate
     /// id writes nothing, as in the transaction below.
     async fn record_in_one_statement(
         &self,
         attempt: &AttemptRow,
         memory: &MemoryRow,
-        event: &ProgressEvent,
-    ) -> Result<Option<i64>, StoreError> {
+        outbox: &[(Consumer, Vec<u8>)],
+    ) -> Result<Option<Vec<(String, i64)>>, StoreError> {
         let sql = format!(
             "WITH attempt AS (
                 INSERT INTO attempts ({ATTEMPT_COLUMNS}) {ATTEMPT_VALUES}
@@ -211,12 +224,20 @@ impl SchedulerStore {
                 SELECT $2, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27 FROM attempt
                 {MEMORY_UPSERT}
              )
-             INSERT INTO outbox (attempt_id, event, create_time) SELECT attempt_id, $28, $9 FROM attempt
-             RETURNING seq"
+             INSERT INTO outbox (attempt_id, consumer, event, create_time)
+             SELECT attempt_id, v.consumer, v.event, $9 FROM attempt, (VALUES {}) AS v (consumer, event)
+             RETURNING consumer, seq",
+            value_rows(28, outbox.len(), 2)
         );
-        let query = bind_memory(bind_attempt(sqlx::query(AssertSqlSafe(sql)), attempt), memory);
-        let row = query.bind(event.encode_to_vec()).fetch_optional(self.db.pool()).await?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
+        let mut query = bind_memory(bind_attempt(sqlx::query(AssertSqlSafe(sql)), attempt), memory);
+        for (consumer, event) in outbox {
+            query = query.bind(consumer.as_str()).bind(event.clone());
+        }
+        let rows = query.fetch_all(self.db.pool()).await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, StoreError>>().map(Some)
     }
 
     /// SQLite: no data-modifying CTEs, and a round trip costs nothing in process.
@@ -224,8 +245,8 @@ impl SchedulerStore {
         &self,
         attempt: &AttemptRow,
         memory: &MemoryRow,
-        event: &ProgressEvent,
-    ) -> Result<Option<i64>, StoreError> {
+        outbox: &[(Consumer, Vec<u8>)],
+    ) -> Result<Option<Vec<(String, i64)>>, StoreError> {
         let mut tx = self.db.begin_write().await?;
         let sql =
             format!("INSERT INTO attempts ({ATTEMPT_COLUMNS}) {ATTEMPT_VALUES} ON CONFLICT (attempt_id) DO NOTHING");
@@ -239,15 +260,21 @@ impl SchedulerStore {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) {MEMORY_UPSERT}"
         );
         bind_memory(sqlx::query(AssertSqlSafe(sql)).bind(&attempt.learner_id), memory).execute(&mut *tx).await?;
-        let seq: i64 =
-            sqlx::query_scalar("INSERT INTO outbox (attempt_id, event, create_time) VALUES ($1, $2, $3) RETURNING seq")
-                .bind(&attempt.attempt_id)
-                .bind(event.encode_to_vec())
-                .bind(attempt.record_ms)
-                .fetch_one(&mut *tx)
-                .await?;
+        let mut seqs = Vec::with_capacity(outbox.len());
+        for (consumer, event) in outbox {
+            let seq: i64 = sqlx::query_scalar(
+                "INSERT INTO outbox (attempt_id, consumer, event, create_time) VALUES ($1, $2, $3, $4) RETURNING seq",
+            )
+            .bind(&attempt.attempt_id)
+            .bind(consumer.as_str())
+            .bind(event.clone())
+            .bind(attempt.record_ms)
+            .fetch_one(&mut *tx)
+            .await?;
+            seqs.push((consumer.as_str().to_owned(), seq));
+        }
         tx.commit().await?;
-        Ok(Some(seq))
+        Ok(Some(seqs))
     }
 
     /// (item id, correct) of a learner's answers in one mock test, in the order recorded.
@@ -291,25 +318,21 @@ impl SchedulerStore {
         rows.iter().map(|r| Ok((r.try_get::<i64, _>(15)?, attempt_from_row(r)?))).collect()
     }
 
-    /// The oldest undelivered progress events recorded before `recorded_before_ms`.
+    /// The consumer's oldest undelivered rows recorded before `recorded_before_ms`.
     pub async fn outbox_batch(
         &self,
+        consumer: Consumer,
         limit: u32,
         recorded_before_ms: i64,
-    ) -> Result<Vec<(i64, ProgressEvent)>, StoreError> {
-        let rows = sqlx::query("SELECT seq, event FROM outbox WHERE create_time < $1 ORDER BY seq LIMIT $2")
-            .bind(recorded_before_ms)
-            .bind(i64::from(limit))
-            .fetch_all(self.db.pool())
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let bytes: Vec<u8> = r.try_get(1)?;
-                let event = ProgressEvent::decode(bytes.as_slice())
-                    .map_err(|e| StoreError::Corrupt(format!("outbox event: {e}")))?;
-                Ok((r.try_get(0)?, event))
-            })
-            .collect()
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT seq, event FROM outbox WHERE consumer = $1 AND create_time < $2 ORDER BY seq LIMIT $3")
+                .bind(consumer.as_str())
+                .bind(recorded_before_ms)
+                .bind(i64::from(limit))
+                .fetch_all(self.db.pool())
+                .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 
     pub async fn outbox_delete(&self, seqs: &[i64]) -> Result<(), StoreError> {
@@ -325,8 +348,12 @@ impl SchedulerStore {
         Ok(())
     }
 
-    pub async fn outbox_depth(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(self.db.pool()).await?)
+    /// Rows waiting for the consumer.
+    pub async fn outbox_depth(&self, consumer: Consumer) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE consumer = $1")
+            .bind(consumer.as_str())
+            .fetch_one(self.db.pool())
+            .await?)
     }
 }
 

@@ -2,9 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use alp_proto::user::v1::ProgressEvent;
 use alp_runtime::testing::on_every_backend;
-use alp_scheduler::{AttemptRow, ExportFilter, MIGRATIONS, MemoryRow, SchedulerStore};
+use alp_scheduler::{AttemptRow, Consumer, ExportFilter, MIGRATIONS, MemoryRow, SchedulerStore};
 
 fn attempt(id: &str, learner: &str, item: &str, record_ms: i64) -> AttemptRow {
     AttemptRow {
@@ -43,20 +42,15 @@ fn memory(item: &str, due_ms: i64, lapses: i64) -> MemoryRow {
     }
 }
 
-fn event(attempt: &AttemptRow) -> ProgressEvent {
-    ProgressEvent {
-        attempt_id: attempt.attempt_id.clone(),
-        learner_id: attempt.learner_id.clone(),
-        course_id: attempt.course_id.clone(),
-        item_id: attempt.item_id.clone(),
-        correct: attempt.correct,
-        ..ProgressEvent::default()
-    }
+/// The attempt's outbox rows: its id as scoring's row, the id reversed as the user service's.
+fn outbox(attempt: &AttemptRow) -> Vec<(Consumer, Vec<u8>)> {
+    let id = attempt.attempt_id.as_bytes();
+    vec![(Consumer::Scoring, id.to_vec()), (Consumer::User, id.iter().rev().copied().collect())]
 }
 
 async fn record(store: &SchedulerStore, id: &str, learner: &str, item: &str, at: i64, lapses: i64) -> bool {
     let row = attempt(id, learner, item, at);
-    store.record(&row, &memory(item, row.due_ms, lapses), &event(&row)).await.unwrap().is_some()
+    store.record(&row, &memory(item, row.due_ms, lapses), &outbox(&row)).await.unwrap().is_some()
 }
 
 #[tokio::test]
@@ -68,7 +62,8 @@ async fn an_attempt_id_is_recorded_once_with_its_memory_state_and_outbox_event()
 
         let stored = store.attempt("a1").await.unwrap().unwrap();
         assert_eq!(stored.record_ms, 1_000_000);
-        assert_eq!(store.outbox_depth().await.unwrap(), 1);
+        assert_eq!(store.outbox_depth(Consumer::Scoring).await.unwrap(), 1);
+        assert_eq!(store.outbox_depth(Consumer::User).await.unwrap(), 1);
         let state = store.memory_state("l1", "i1").await.unwrap().unwrap();
         assert_eq!((state.review_count, state.lapse_count), (1, 0));
         assert_eq!(state.knowledge, Some(1.25));
@@ -136,20 +131,24 @@ async fn export_pages_in_recording_order_with_filters() {
 }
 
 #[tokio::test]
-async fn the_outbox_hands_out_events_oldest_first_until_deleted() {
+async fn each_consumer_gets_its_own_rows_oldest_first_until_deleted() {
     on_every_backend("scheduler", MIGRATIONS, |db| async move {
         let store = SchedulerStore::new(db);
         for n in 0..3 {
             assert!(record(&store, &format!("a{n}"), "l1", &format!("i{n}"), 1_000 + n, 0).await);
         }
-        let batch = store.outbox_batch(2, i64::MAX).await.unwrap();
-        let ids: Vec<&str> = batch.iter().map(|(_, e)| e.attempt_id.as_str()).collect();
-        assert_eq!(ids, ["a0", "a1"]);
+        let batch = store.outbox_batch(Consumer::Scoring, 2, i64::MAX).await.unwrap();
+        let rows: Vec<&[u8]> = batch.iter().map(|(_, e)| e.as_slice()).collect();
+        assert_eq!(rows, [b"a0", b"a1"]);
         store.outbox_delete(&batch.iter().map(|(seq, _)| *seq).collect::<Vec<_>>()).await.unwrap();
-        assert_eq!(store.outbox_depth().await.unwrap(), 1);
-        let rest = store.outbox_batch(10, i64::MAX).await.unwrap();
+        assert_eq!(store.outbox_depth(Consumer::Scoring).await.unwrap(), 1);
+        assert_eq!(store.outbox_depth(Consumer::User).await.unwrap(), 3, "the other consumer's rows stay");
+        let rest = store.outbox_batch(Consumer::Scoring, 10, i64::MAX).await.unwrap();
         assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].1.attempt_id, "a2");
+        assert_eq!(rest[0].1, b"a2");
+        let user = store.outbox_batch(Consumer::User, 10, i64::MAX).await.unwrap();
+        assert_eq!(user.iter().map(|(_, e)| e.as_slice()).collect::<Vec<_>>(), [b"0a", b"1a", b"2a"]);
+        assert!(store.outbox_batch(Consumer::User, 10, 1_000).await.unwrap().is_empty(), "recorded before 1000: none");
         store.outbox_delete(&[]).await.unwrap();
     })
     .await;
@@ -162,9 +161,9 @@ async fn a_mock_tests_answers_come_back_in_order_apart_from_practice_and_other_t
         let answer = |id: &str, learner: &str, item: &str, at: i64, test: &str, correct: bool| {
             let row = AttemptRow { mock_test_id: test.into(), correct, ..attempt(id, learner, item, at) };
             let state = memory(item, row.due_ms, 0);
-            let event = event(&row);
+            let rows = outbox(&row);
             let store = store.clone();
-            async move { assert!(store.record(&row, &state, &event).await.unwrap().is_some()) }
+            async move { assert!(store.record(&row, &state, &rows).await.unwrap().is_some()) }
         };
         answer("a1", "l1", "i1", 1_000, "t1", true).await;
         answer("a2", "l1", "i2", 2_000, "", false).await;

@@ -16,10 +16,11 @@ use crate::cache::ScoringCaches;
 use crate::error::ScoringError;
 use crate::fitter::Fitter;
 use crate::model::ability::{self, TestResponse};
-use crate::model::memory::{Card, MemoryModel, Phase, fuzz_unit};
+use crate::model::attempt;
+use crate::model::memory::{Card, MemoryModel, Phase};
 use crate::model::mock_test::{self, Answer, MockTestPolicy};
 use crate::model::ranking::{self, CandidateState, Ranked, RankingPolicy, Seen, Situation};
-use crate::store::{AttemptEffects, PracticeOutcome, ScoringStore, StoredFit};
+use crate::store::{ScoringStore, StoredFit};
 use crate::validate;
 
 #[derive(Clone)]
@@ -219,146 +220,61 @@ impl ScoringService for ScoringApi {
         Ok(Response::new(ScoreCandidatesResponse { items, mock_test: None }))
     }
 
-    async fn apply_attempt(&self, request: Request<ApplyAttemptRequest>) -> RpcResult<ApplyAttemptResponse> {
+    async fn evaluate_attempt(&self, request: Request<EvaluateAttemptRequest>) -> RpcResult<EvaluateAttemptResponse> {
         let request = request.into_inner();
-        let rating = validate::apply_request(&request).map_err(ScoringError::from)?;
-        let retention =
+        let rating = validate::evaluate_request(&request).map_err(ScoringError::from)?;
+        let desired_retention =
             validate::retention("desired_retention", request.desired_retention).map_err(ScoringError::from)?;
         let answer_ms = millis("answer_time", request.answer_time.as_ref().unwrap_or(&Default::default()))
             .map_err(ScoringError::from)?;
-        let prior = match (&request.prior_memory, &request.last_review_time) {
-            (Some(memory), Some(last)) => {
-                let last_review_ms = millis("last_review_time", last).map_err(ScoringError::from)?;
-                let due_ms = match &request.prior_due_time {
-                    Some(due) => millis("prior_due_time", due).map_err(ScoringError::from)?,
-                    None => last_review_ms,
-                };
-                Some((
-                    Card {
-                        memory: to_fsrs(memory),
-                        phase: phase(memory),
-                        step: memory.step as usize,
-                        last_review_ms,
-                        interval_ms: due_ms.saturating_sub(last_review_ms).max(0),
-                    },
-                    memory.knowledge,
-                    due_ms,
-                ))
-            }
-            _ => None,
-        };
-
-        // The update is computed from the database, not from a cached copy. The reads go out
-        // together with the replay check: one round trip of latency, wasted only on retries.
-        let (applied, abilities, fit, calibration) = tokio::join!(
-            self.store.applied(&request.attempt_id),
-            self.store.abilities(&request.learner_id),
-            self.store.parameter_fit(&request.learner_id),
-            self.store.calibration(std::slice::from_ref(&request.item_id)),
+        let prior = prior(&request).map_err(ScoringError::from)?;
+        // The cached models: this writes nothing, and a retry must see what the first call saw
+        // closely enough that the scheduler's log, not this answer, is what counts.
+        let (learner, calibration) = tokio::join!(
+            self.caches.learner(&self.store, &request.learner_id),
+            self.caches.calibration(&self.store, std::slice::from_ref(&request.item_id)),
         );
-        if let Some(applied) = applied.map_err(ScoringError::from)? {
-            return replay(applied, &request);
-        }
-        let abilities = abilities.map_err(ScoringError::from)?;
-        let fit = fit.map_err(ScoringError::from)?;
-        let memory = self.learner_memory(&request.learner_id, fit.as_ref());
-        let calibration = calibration.map_err(ScoringError::from)?;
-        let item = calibration.get(&request.item_id).copied();
-        let theta = ability::item_ability(&abilities, &request.skill_ids);
-        let difficulty = item.map_or(request.initial_difficulty, |e| e.value);
-        let guess = ability::guess(request.choice_count);
-        let state = CandidateState {
-            item_id: request.item_id.clone(),
-            skill_ids: request.skill_ids.clone(),
-            seen: prior.as_ref().map(|(card, knowledge, due_ms)| Seen {
-                memory: card.memory,
-                phase: card.phase,
-                last_review_ms: card.last_review_ms,
-                due_ms: Some(*due_ms),
-                last_rating: Rating::Unspecified,
-                knowledge: *knowledge,
-            }),
-            ability: theta,
+        let learner = learner?;
+        let difficulty = calibration?.get(&request.item_id).map_or(request.initial_difficulty, |e| e.value);
+        let memory = self.learner_memory(&request.learner_id, learner.fit.as_ref());
+        let answer = attempt::Answer {
+            attempt_id: &request.attempt_id,
+            skill_ids: &request.skill_ids,
             difficulty,
-            guess,
-            blocked_by: Vec::new(),
-        };
-        let (recall_before, success_before) = state.predict(&memory, answer_ms);
-        let fuzz = Some(fuzz_unit(&request.attempt_id));
-        let update = memory
-            .review(prior.as_ref().map(|(card, _, _)| card), rating, answer_ms, retention, fuzz)
-            .map_err(|e| ScoringError::Model(e.to_string()))?;
-
-        // Ability and difficulty are prior knowledge: only first attempts move them; later
-        // attempts are memory, which FSRS and the current-knowledge estimate track.
-        let correct = rating != Rating::Again;
-        let first = prior.is_none();
-        let item_attempts = item.map_or(0, |e| e.attempts);
-        let steps =
-            |learner_attempts| ability::first_attempt_steps(success_before, correct, learner_attempts, item_attempts);
-        let (ability_deltas, difficulty_delta) = if first {
-            let deltas = request
-                .skill_ids
-                .iter()
-                .map(|s| {
-                    let current = ability::skill_ability(&abilities, s);
-                    (s.clone(), current.value, steps(current.attempts).0)
-                })
-                .collect();
-            // A mock test measures against the calibration as it stands: moving an item's
-            // difficulty by the answer it is measuring would pull the estimate towards the middle.
-            let item_change = (!request.mock_test).then(|| (request.initial_difficulty, steps(0).1));
-            (deltas, item_change)
-        } else {
-            (Vec::new(), None)
-        };
-        let knowledge_before = prior.as_ref().and_then(|(_, k, _)| *k).unwrap_or(theta - difficulty);
-        let knowledge = ability::knowledge_after(knowledge_before, guess, correct);
-        let practice = (first && !request.mock_test).then(|| PracticeOutcome {
-            correct,
-            step: self.ranking.correction_step(correct),
-            limit: self.ranking.target_correction_limit,
-            start: self.ranking.target_success,
-        });
-        let first_skill = request.skill_ids.first();
-        let response = ApplyAttemptResponse {
-            memory: Some(to_proto(&update.card, knowledge)),
-            due_time: Some(timestamp(update.due_ms)),
-            interval: Some(duration(update.card.interval_ms)),
-            predicted_recall: recall_before,
-            predicted_success: success_before,
-            ability: first_skill.map_or(theta, |s| {
-                ability::skill_ability(&abilities, s).value
-                    + ability_deltas.iter().find(|(k, _, _)| k == s).map_or(0.0, |(_, _, d)| *d)
-            }),
-            item_difficulty: difficulty + difficulty_delta.map_or(0.0, |(_, d)| d),
-            duplicate: false,
-        };
-        let effects = AttemptEffects {
-            attempt_id: request.attempt_id.clone(),
-            learner_id: request.learner_id.clone(),
-            item_id: request.item_id.clone(),
+            guess: ability::guess(request.choice_count),
             rating,
             answer_ms,
-            review: !first,
-            response,
-            ability_deltas,
-            difficulty_delta,
-            practice,
+            desired_retention,
         };
-        let Some(reviews) = self.store.apply(&effects).await.map_err(ScoringError::from)? else {
-            // Another call applied the same attempt id between our check and our write.
-            let applied = self
-                .store
-                .applied(&request.attempt_id)
-                .await
-                .map_err(ScoringError::from)?
-                .ok_or_else(|| ScoringError::Model("applied attempt vanished".to_owned()))?;
-            return replay(applied, &request);
+        let evaluation = attempt::evaluate(&memory, &learner.abilities, prior.as_ref(), &answer)
+            .map_err(|e| ScoringError::Model(e.to_string()))?;
+        Ok(Response::new(EvaluateAttemptResponse {
+            memory: Some(to_proto(&evaluation.update.card, evaluation.knowledge)),
+            due_time: Some(timestamp(evaluation.update.due_ms)),
+            interval: Some(duration(evaluation.update.card.interval_ms)),
+            predicted_recall: evaluation.predicted_recall,
+            predicted_success: evaluation.predicted_success,
+        }))
+    }
+
+    async fn apply_attempts(&self, request: Request<ApplyAttemptsRequest>) -> RpcResult<ApplyAttemptsResponse> {
+        let request = request.into_inner();
+        let attempts = validate::recorded_attempts(&request).map_err(ScoringError::from)?;
+        let practice = attempt::PracticePolicy {
+            step_correct: self.ranking.correction_step(true),
+            step_wrong: self.ranking.correction_step(false),
+            limit: self.ranking.target_correction_limit,
+            start: self.ranking.target_success,
         };
-        self.caches.learner_changed(&request.learner_id).await;
-        self.fitter.fit_if_due(&request.learner_id, reviews, fit.as_ref().map(|f| f.reviews));
-        Ok(Response::new(effects.response))
+        let outcome = self.store.apply_batch(&attempts, &practice).await.map_err(ScoringError::from)?;
+        self.caches.learners_changed(&outcome.learners).await;
+        for (learner_id, reviews) in outcome.reviews {
+            self.fitter.reviews_counted(learner_id, reviews);
+        }
+        Ok(Response::new(ApplyAttemptsResponse {
+            applied_count: u32::try_from(outcome.applied.len()).unwrap_or(u32::MAX),
+            duplicate_count: u32::try_from(outcome.duplicates).unwrap_or(u32::MAX),
+        }))
     }
 
     async fn predict_recall(&self, request: Request<PredictRecallRequest>) -> RpcResult<PredictRecallResponse> {
@@ -437,10 +353,23 @@ fn fit_proto(fit: &StoredFit) -> ParameterFit {
     }
 }
 
-/// The first answer to an attempt id, or a conflict if the id is reused for something else.
-fn replay(applied: crate::store::AppliedAttempt, request: &ApplyAttemptRequest) -> RpcResult<ApplyAttemptResponse> {
-    if applied.learner_id != request.learner_id || applied.item_id != request.item_id {
-        return Err(ScoringError::AttemptConflict(request.attempt_id.clone()).into());
-    }
-    Ok(Response::new(ApplyAttemptResponse { duplicate: true, ..applied.response }))
+/// The memory state the caller holds for the item, as the memory model takes it.
+fn prior(request: &EvaluateAttemptRequest) -> Result<Option<attempt::Prior>, alp_runtime::FieldViolation> {
+    let (Some(memory), Some(last)) = (&request.prior_memory, &request.last_review_time) else { return Ok(None) };
+    let last_review_ms = millis("last_review_time", last)?;
+    let due_ms = match &request.prior_due_time {
+        Some(due) => millis("prior_due_time", due)?,
+        None => last_review_ms,
+    };
+    Ok(Some(attempt::Prior {
+        card: Card {
+            memory: to_fsrs(memory),
+            phase: phase(memory),
+            step: memory.step as usize,
+            last_review_ms,
+            interval_ms: due_ms.saturating_sub(last_review_ms).max(0),
+        },
+        knowledge: memory.knowledge,
+        due_ms,
+    }))
 }

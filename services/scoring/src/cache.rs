@@ -1,11 +1,11 @@
 //! Scoring's caches: item difficulty (read for every candidate of every ranking) and each
 //! learner's state (abilities, practice target, fitted parameters; read by every ranking).
 //!
-//! Item difficulty is not invalidated: it drifts by small Elo steps and is written as deltas
-//! in the database, so the cache only bounds how old a ranking's view may be (10 s in memory, a
-//! minute in Redis); ApplyAttempt reads the database. A learner's state changes with their
-//! answers and may be read on any replica, so it lives in Redis alone, dropped by ApplyAttempt
-//! and by each fit.
+//! Item difficulty is not invalidated: it drifts by small Elo steps, so the cache only bounds
+//! how old a ranking's view may be (10 s in memory, a minute in Redis); a batch of applied
+//! attempts reads the database. A learner's state changes with their answers and may be read on
+//! any replica, so it lives in Redis alone, dropped by each batch of applied attempts and by
+//! each fit.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -215,5 +215,12 @@ impl ScoringCaches {
     /// After the learner's state changed in the database.
     pub async fn learner_changed(&self, learner_id: &str) {
         self.learners.invalidate(&[learner_id.to_owned()]).await;
+    }
+
+    /// After a batch changed these learners' states.
+    pub async fn learners_changed(&self, learner_ids: &[String]) {
+        if !learner_ids.is_empty() {
+            self.learners.invalidate(learner_ids).await;
+        }
     }
 }

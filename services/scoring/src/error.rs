@@ -6,8 +6,6 @@ use alp_runtime::{ErrorKind, FieldViolation, ServiceError, StoreError};
 pub enum ScoringError {
     #[error("{0}")]
     InvalidArgument(#[from] FieldViolation),
-    #[error("attempt {0:?} was applied before with a different learner or item")]
-    AttemptConflict(String),
     #[error(
         "learner {learner_id:?} has {reviews} reviews (answers after an item's first); fitting needs at least {needed}"
     )]
@@ -22,7 +20,6 @@ impl ServiceError for ScoringError {
     fn kind(&self) -> ErrorKind {
         match self {
             ScoringError::InvalidArgument(_) => ErrorKind::InvalidArgument,
-            ScoringError::AttemptConflict(_) => ErrorKind::AlreadyExists,
             ScoringError::NotEnoughReviews { .. } => ErrorKind::FailedPrecondition,
             ScoringError::Model(_) => ErrorKind::Internal,
             ScoringError::Store(err) => err.kind(),

@@ -71,6 +71,21 @@ impl Fitter {
         Self { store, caches, policy, running: Arc::default(), short: Arc::default(), cpu: Arc::new(Semaphore::new(1)) }
     }
 
+    /// After a batch counted a learner's reviews: starts a background fit if one is due, reading
+    /// the last fit only for learners past the first threshold.
+    pub fn reviews_counted(&self, learner_id: String, reviews: i64) {
+        if !self.policy.due(reviews, None) {
+            return;
+        }
+        let fitter = self.clone();
+        tokio::spawn(async move {
+            match fitter.store.parameter_fit(&learner_id).await {
+                Ok(last) => fitter.fit_if_due(&learner_id, reviews, last.map(|f| f.reviews)),
+                Err(error) => tracing::warn!(learner_id, %error, "could not read the last fit"),
+            }
+        });
+    }
+
     /// Starts a background fit for a learner with `reviews` reviews, last fitted at
     /// `last_fit_reviews`, if one is due and none is under way.
     pub fn fit_if_due(&self, learner_id: &str, reviews: i64, last_fit_reviews: Option<i64>) {

@@ -20,9 +20,10 @@ use tonic::service::Routes;
 pub use api::ScoringApi;
 pub use error::ScoringError;
 pub use fitter::FitPolicy;
+pub use model::attempt::{PracticePolicy, Recorded};
 pub use model::mock_test::MockTestPolicy;
 pub use model::ranking::RankingPolicy;
-pub use store::{AppliedAttempt, AttemptEffects, Estimate, PracticeOutcome, PracticeTarget, ScoringStore, StoredFit};
+pub use store::{BatchApplied, Estimate, PracticeTarget, ScoringStore, StoredFit};
 
 pub const SERVICE_NAME: &str = scoring_service_server::SERVICE_NAME;
 

@@ -1,65 +1,28 @@
 //! Where the models live: abilities per learner and skill, item calibration, applied attempts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use alp_proto::common::v1::Rating;
-use alp_proto::scoring::v1::ApplyAttemptResponse;
 use alp_runtime::StoreError;
-use alp_runtime::db::{AnyQuery, Database, Dialect, placeholders};
+use alp_runtime::db::{AnyQuery, Database, Dialect, placeholders, value_rows};
 use alp_runtime::time::now_millis;
-use prost::Message;
 use sqlx::{AssertSqlSafe, Row};
 
 pub use crate::model::ability::Estimate;
+pub use crate::model::attempt::PracticeTarget;
+use crate::model::attempt::{self, Changes, Models, PracticePolicy, Recorded};
 use crate::model::fitting::Review;
 
-/// An attempt applied before: who and what it was about, and the answer given then.
-#[derive(Debug, Clone)]
-pub struct AppliedAttempt {
-    pub learner_id: String,
-    pub item_id: String,
-    pub response: ApplyAttemptResponse,
-}
-
-/// Everything one ApplyAttempt writes, in one transaction.
-#[derive(Debug, Clone)]
-pub struct AttemptEffects {
-    pub attempt_id: String,
-    pub learner_id: String,
-    pub item_id: String,
-    /// The answer as a review: what per-learner FSRS fitting learns from.
-    pub rating: Rating,
-    pub answer_ms: i64,
-    /// Not the learner's first answer to the item.
-    pub review: bool,
-    pub response: ApplyAttemptResponse,
-    /// (skill, ability to start from when unattempted, change) per skill (first attempts only);
-    /// the change is added to the stored value so concurrent attempts of one learner cannot
-    /// overwrite each other.
-    pub ability_deltas: Vec<(String, f64, f64)>,
-    /// (difficulty to start from when uncalibrated, change) for the item (first attempts only).
-    pub difficulty_delta: Option<(f64, f64)>,
-    /// First attempts at new items in practice move the learner's target correction.
-    pub practice: Option<PracticeOutcome>,
-}
-
-/// A first attempt at a new practice item, as the target correction sees it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PracticeOutcome {
-    pub correct: bool,
-    /// Added to the correction, which stays within ±`limit`.
-    pub step: f64,
-    pub limit: f64,
-    /// The rolling success a learner starts from.
-    pub start: f64,
-}
-
-/// How a learner's first attempts at new practice items have gone.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PracticeTarget {
-    pub correction: f64,
-    pub rolling_success: f64,
-    pub first_attempts: i64,
+/// What one batch of recorded attempts did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchApplied {
+    /// Attempt ids applied now, in the batch's order.
+    pub applied: Vec<String>,
+    pub duplicates: usize,
+    /// Learners whose models changed.
+    pub learners: Vec<String>,
+    /// Each learner's review count after the batch, for those it gave reviews.
+    pub reviews: HashMap<String, i64>,
 }
 
 /// The latest fit of a learner's FSRS-6 parameters.
@@ -77,47 +40,24 @@ pub struct StoredFit {
     pub fit_time_ms: i64,
 }
 
-/// Weight of the newest outcome in the rolling success: about the last 20 count.
-const ROLLING_WEIGHT: f64 = 0.05;
+/// Rows per multi-row statement: PostgreSQL takes at most 65,535 binds, SQLite 32,766.
+const ROWS_PER_STATEMENT: usize = 1000;
 
-/// The practice target's upsert: one statement, so concurrent attempts of one learner cannot lose
-/// an update. `head` and `tail` supply the learner and the time around the five values that
-/// [`bind_practice`] binds from `$first` on.
-fn practice_upsert(head: &str, first: usize, tail: &str) -> String {
-    let [start, rolling, step, limit, outcome] = std::array::from_fn(|i| format!("${}", first + i));
-    format!(
-        "INSERT INTO practice_targets AS t (learner_id, correction, rolling_success, first_attempts, update_time)
-         {head}{start}, {rolling}, 1, {tail}
-         ON CONFLICT (learner_id) DO UPDATE SET
-            correction = CASE WHEN t.correction + {step} > {limit} THEN {limit}
-                              WHEN t.correction + {step} < -{limit} THEN -{limit}
-                              ELSE t.correction + {step} END,
-            rolling_success = t.rolling_success * (1 - {weight}) + {weight} * {outcome},
-            first_attempts = t.first_attempts + 1, update_time = excluded.update_time",
-        weight = ROLLING_WEIGHT,
-    )
+/// The transaction-scoped advisory lock every batch takes on PostgreSQL: batches from any
+/// replica apply one after another, so writing the models back whole loses no update.
+const APPLY_LOCK: i64 = 0x616c_7073_636f_7265;
+
+/// Each value once, in first-seen order.
+fn distinct_values<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    values.filter(|v| seen.insert(*v)).map(str::to_owned).collect()
 }
 
-fn bind_practice(query: AnyQuery<'_>, practice: PracticeOutcome) -> AnyQuery<'_> {
-    let outcome = f64::from(u8::from(practice.correct));
+fn bind_all<'q>(mut query: AnyQuery<'q>, values: &'q [String]) -> AnyQuery<'q> {
+    for value in values {
+        query = query.bind(value);
+    }
     query
-        .bind(practice.step.clamp(-practice.limit, practice.limit))
-        .bind(practice.start * (1.0 - ROLLING_WEIGHT) + ROLLING_WEIGHT * outcome)
-        .bind(practice.step)
-        .bind(practice.limit)
-        .bind(outcome)
-}
-
-/// Binds the applied attempt's row as `$1..$7`.
-fn bind_applied<'q>(query: AnyQuery<'q>, effects: &AttemptEffects, now: i64) -> AnyQuery<'q> {
-    query
-        .bind(effects.attempt_id.clone())
-        .bind(effects.learner_id.clone())
-        .bind(effects.item_id.clone())
-        .bind(effects.response.encode_to_vec())
-        .bind(now)
-        .bind(i64::from(effects.rating as i32))
-        .bind(effects.answer_ms)
 }
 
 #[derive(Debug, Clone)]
@@ -158,164 +98,163 @@ impl ScoringStore {
         Ok(found)
     }
 
-    pub async fn applied(&self, attempt_id: &str) -> Result<Option<AppliedAttempt>, StoreError> {
-        let row = sqlx::query("SELECT learner_id, item_id, response FROM applied_attempts WHERE attempt_id = $1")
-            .bind(attempt_id)
-            .fetch_optional(self.db.pool())
-            .await?;
-        row.map(|r| {
-            let bytes: Vec<u8> = r.try_get(2)?;
-            Ok(AppliedAttempt {
-                learner_id: r.try_get(0)?,
-                item_id: r.try_get(1)?,
-                response: ApplyAttemptResponse::decode(bytes.as_slice())
-                    .map_err(|e| StoreError::Corrupt(format!("applied attempt: {e}")))?,
-            })
-        })
-        .transpose()
-    }
-
-    /// Writes an attempt's effects and returns the learner's review count after it; None when
-    /// the attempt id was applied concurrently (nothing written then).
-    pub async fn apply(&self, effects: &AttemptEffects) -> Result<Option<i64>, StoreError> {
-        match self.db.dialect() {
-            Dialect::Postgres => self.apply_in_one_statement(effects).await,
-            Dialect::Sqlite => self.apply_in_transaction(effects).await,
-        }
-    }
-
-    /// PostgreSQL: every write in one statement (one round trip, its own transaction), each
-    /// conditional on the applied-attempt insert having returned a row.
-    async fn apply_in_one_statement(&self, effects: &AttemptEffects) -> Result<Option<i64>, StoreError> {
-        let now = now_millis();
-        // $1..$8 are the applied attempt's; each optional write numbers its own after them.
-        let mut sql = String::from(
-            "WITH applied AS (
-                INSERT INTO applied_attempts (attempt_id, learner_id, item_id, response, record_time, rating, answer_time)
-                VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (attempt_id) DO NOTHING RETURNING learner_id
-             )",
-        );
-        let mut next = 9;
-        let mut take = |n: usize| {
-            let first = next;
-            next += n;
-            first
-        };
-        for _ in &effects.ability_deltas {
-            let p = take(3);
-            let (skill, start, delta) = (p, p + 1, p + 2);
-            sql.push_str(&format!(
-                ", skill{p} AS (
-                    INSERT INTO learner_skills AS s (learner_id, skill_id, ability, attempt_count, update_time)
-                    SELECT learner_id, ${skill}, ${start}, 1, $5 FROM applied
-                    ON CONFLICT (learner_id, skill_id) DO UPDATE SET
-                       ability = s.ability + ${delta}, attempt_count = s.attempt_count + 1,
-                       update_time = excluded.update_time
-                 )"
-            ));
-        }
-        if effects.difficulty_delta.is_some() {
-            let p = take(2);
-            let (start, delta) = (p, p + 1);
-            sql.push_str(&format!(
-                ", calibration AS (
-                    INSERT INTO item_calibration AS c (item_id, difficulty, attempt_count, update_time)
-                    SELECT $3, ${start}, 1, $5 FROM applied
-                    ON CONFLICT (item_id) DO UPDATE SET
-                       difficulty = c.difficulty + ${delta}, attempt_count = c.attempt_count + 1,
-                       update_time = excluded.update_time
-                 )"
-            ));
-        }
-        if effects.practice.is_some() {
-            let p = take(5);
-            sql.push_str(&format!(", practice AS ({})", practice_upsert("SELECT learner_id, ", p, "$5 FROM applied")));
-        }
-        sql.push_str(
-            " INSERT INTO learner_reviews AS r (learner_id, reviews) SELECT learner_id, $8 FROM applied
-              ON CONFLICT (learner_id) DO UPDATE SET reviews = r.reviews + excluded.reviews
-              RETURNING reviews",
-        );
-        let mut query = bind_applied(sqlx::query(AssertSqlSafe(sql)), effects, now).bind(i64::from(effects.review));
-        for (skill_id, start, delta) in &effects.ability_deltas {
-            query = query.bind(skill_id).bind(start + delta).bind(*delta);
-        }
-        if let Some((initial, delta)) = effects.difficulty_delta {
-            query = query.bind(initial + delta).bind(delta);
-        }
-        if let Some(practice) = effects.practice {
-            query = bind_practice(query, practice);
-        }
-        let row = query.fetch_optional(self.db.pool()).await?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
-    }
-
-    /// SQLite: no data-modifying CTEs, and a round trip costs nothing in process.
-    async fn apply_in_transaction(&self, effects: &AttemptEffects) -> Result<Option<i64>, StoreError> {
+    /// Applies recorded attempts in one transaction, in the order given, each once: an attempt
+    /// id applied before (or earlier in the batch) changes nothing. The models are read inside
+    /// the transaction after the batch lock, moved on in memory by [`attempt::apply`] and
+    /// written back whole, so a batch sees every value the one before it wrote.
+    pub async fn apply_batch(
+        &self,
+        attempts: &[Recorded],
+        practice: &PracticePolicy,
+    ) -> Result<BatchApplied, StoreError> {
         let now = now_millis();
         let mut tx = self.db.begin_write().await?;
-        let inserted = bind_applied(
-            sqlx::query(
+        if self.db.dialect() == Dialect::Postgres {
+            // SQLite's write transaction is exclusive already.
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPLY_LOCK).execute(&mut *tx).await?;
+        }
+        let mut seen = HashSet::new();
+        let distinct: Vec<&Recorded> = attempts.iter().filter(|a| seen.insert(a.attempt_id.as_str())).collect();
+        let mut inserted = HashSet::new();
+        for chunk in distinct.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
                 "INSERT INTO applied_attempts (attempt_id, learner_id, item_id, response, record_time, rating, answer_time)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (attempt_id) DO NOTHING",
-            ),
-            effects,
-            now,
-        )
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            tx.rollback().await?;
-            return Ok(None);
+                 VALUES {} ON CONFLICT (attempt_id) DO NOTHING RETURNING attempt_id",
+                value_rows(1, chunk.len(), 7)
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for a in chunk {
+                // The answer itself stays in the scheduler's log of record.
+                query = query
+                    .bind(&a.attempt_id)
+                    .bind(&a.learner_id)
+                    .bind(&a.item_id)
+                    .bind(Vec::<u8>::new())
+                    .bind(now)
+                    .bind(i64::from(a.rating as i32))
+                    .bind(a.answer_ms);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                inserted.insert(row.try_get::<String, _>(0)?);
+            }
         }
-        let reviews: i64 = sqlx::query_scalar(
-            "INSERT INTO learner_reviews AS r (learner_id, reviews) VALUES ($1, $2)
-             ON CONFLICT (learner_id) DO UPDATE SET reviews = r.reviews + excluded.reviews
-             RETURNING reviews",
-        )
-        .bind(&effects.learner_id)
-        .bind(i64::from(effects.review))
-        .fetch_one(&mut *tx)
-        .await?;
-        for (skill_id, start, delta) in &effects.ability_deltas {
-            sqlx::query(
-                "INSERT INTO learner_skills AS s (learner_id, skill_id, ability, attempt_count, update_time)
-                 VALUES ($1, $2, $3, 1, $5)
+        let fresh: Vec<&Recorded> = distinct.into_iter().filter(|a| inserted.contains(&a.attempt_id)).collect();
+        let mut outcome = BatchApplied { duplicates: attempts.len() - fresh.len(), ..BatchApplied::default() };
+        if fresh.is_empty() {
+            tx.commit().await?;
+            return Ok(outcome);
+        }
+
+        let firsts: Vec<&Recorded> = fresh.iter().copied().filter(|a| a.first).collect();
+        let learners = distinct_values(firsts.iter().map(|a| a.learner_id.as_str()));
+        let items = distinct_values(firsts.iter().map(|a| a.item_id.as_str()));
+        let mut models = Models::default();
+        for chunk in learners.chunks(ROWS_PER_STATEMENT) {
+            let list = placeholders(1, chunk.len());
+            let sql = format!(
+                "SELECT learner_id, skill_id, ability, attempt_count FROM learner_skills WHERE learner_id IN ({list})"
+            );
+            for r in bind_all(sqlx::query(AssertSqlSafe(sql)), chunk).fetch_all(&mut *tx).await? {
+                let estimate = Estimate { value: r.try_get(2)?, attempts: r.try_get(3)? };
+                models.abilities.entry(r.try_get(0)?).or_default().insert(r.try_get(1)?, estimate);
+            }
+            let sql = format!(
+                "SELECT learner_id, correction, rolling_success, first_attempts FROM practice_targets
+                 WHERE learner_id IN ({list})"
+            );
+            for r in bind_all(sqlx::query(AssertSqlSafe(sql)), chunk).fetch_all(&mut *tx).await? {
+                let target = PracticeTarget {
+                    correction: r.try_get(1)?,
+                    rolling_success: r.try_get(2)?,
+                    first_attempts: r.try_get(3)?,
+                };
+                models.practice.insert(r.try_get(0)?, target);
+            }
+        }
+        for chunk in items.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT item_id, difficulty, attempt_count FROM item_calibration WHERE item_id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            for r in bind_all(sqlx::query(AssertSqlSafe(sql)), chunk).fetch_all(&mut *tx).await? {
+                models.calibration.insert(r.try_get(0)?, Estimate { value: r.try_get(1)?, attempts: r.try_get(2)? });
+            }
+        }
+
+        let mut changes = Changes::default();
+        for a in &fresh {
+            attempt::apply(&mut models, &mut changes, a, practice);
+        }
+
+        let skills: Vec<(&String, &String, Estimate)> =
+            changes.skills.iter().filter_map(|(l, s)| Some((l, s, *models.abilities.get(l)?.get(s)?))).collect();
+        for chunk in skills.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO learner_skills (learner_id, skill_id, ability, attempt_count, update_time) VALUES {}
                  ON CONFLICT (learner_id, skill_id) DO UPDATE SET
-                    ability = s.ability + $4, attempt_count = s.attempt_count + 1,
-                    update_time = excluded.update_time",
-            )
-            .bind(&effects.learner_id)
-            .bind(skill_id)
-            .bind(start + delta)
-            .bind(*delta)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+                    ability = excluded.ability, attempt_count = excluded.attempt_count, update_time = excluded.update_time",
+                value_rows(1, chunk.len(), 5)
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for (learner, skill, e) in chunk {
+                query = query.bind(*learner).bind(*skill).bind(e.value).bind(e.attempts).bind(now);
+            }
+            query.execute(&mut *tx).await?;
         }
-        if let Some((initial, delta)) = effects.difficulty_delta {
-            sqlx::query(
-                "INSERT INTO item_calibration AS c (item_id, difficulty, attempt_count, update_time) VALUES ($1, $2, 1, $4)
+        let calibrated: Vec<(&String, Estimate)> =
+            changes.items.iter().filter_map(|i| Some((i, *models.calibration.get(i)?))).collect();
+        for chunk in calibrated.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO item_calibration (item_id, difficulty, attempt_count, update_time) VALUES {}
                  ON CONFLICT (item_id) DO UPDATE SET
-                    difficulty = c.difficulty + $3, attempt_count = c.attempt_count + 1, update_time = excluded.update_time",
-            )
-            .bind(&effects.item_id)
-            .bind(initial + delta)
-            .bind(delta)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+                    difficulty = excluded.difficulty, attempt_count = excluded.attempt_count,
+                    update_time = excluded.update_time",
+                value_rows(1, chunk.len(), 4)
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for (item, e) in chunk {
+                query = query.bind(*item).bind(e.value).bind(e.attempts).bind(now);
+            }
+            query.execute(&mut *tx).await?;
         }
-        if let Some(practice) = effects.practice {
-            let sql = practice_upsert("VALUES ($1, ", 3, "$2)");
-            let query = sqlx::query(AssertSqlSafe(sql)).bind(&effects.learner_id).bind(now);
-            bind_practice(query, practice).execute(&mut *tx).await?;
+        let targets: Vec<(&String, PracticeTarget)> =
+            changes.practice.iter().filter_map(|l| Some((l, *models.practice.get(l)?))).collect();
+        for chunk in targets.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO practice_targets (learner_id, correction, rolling_success, first_attempts, update_time)
+                 VALUES {} ON CONFLICT (learner_id) DO UPDATE SET
+                    correction = excluded.correction, rolling_success = excluded.rolling_success,
+                    first_attempts = excluded.first_attempts, update_time = excluded.update_time",
+                value_rows(1, chunk.len(), 5)
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for (learner, t) in chunk {
+                query =
+                    query.bind(*learner).bind(t.correction).bind(t.rolling_success).bind(t.first_attempts).bind(now);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        let reviews: Vec<(&String, i64)> = changes.reviews.iter().map(|(l, n)| (l, *n)).collect();
+        for chunk in reviews.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO learner_reviews AS r (learner_id, reviews) VALUES {}
+                 ON CONFLICT (learner_id) DO UPDATE SET reviews = r.reviews + excluded.reviews
+                 RETURNING learner_id, reviews",
+                value_rows(1, chunk.len(), 2)
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for (learner, n) in chunk {
+                query = query.bind(*learner).bind(*n);
+            }
+            for r in query.fetch_all(&mut *tx).await? {
+                outcome.reviews.insert(r.try_get(0)?, r.try_get(1)?);
+            }
         }
         tx.commit().await?;
-        Ok(Some(reviews))
+        outcome.learners = distinct_values(fresh.iter().map(|a| a.learner_id.as_str()));
+        outcome.applied = fresh.into_iter().map(|a| a.attempt_id.clone()).collect();
+        Ok(outcome)
     }
-
     /// The learner's practice target correction; None before their first practice attempt.
     pub async fn practice_target(&self, learner_id: &str) -> Result<Option<PracticeTarget>, StoreError> {
         let row = sqlx::query(

@@ -2,10 +2,15 @@
 
 use alp_proto::common::v1::{MemoryPhase, MemoryState, Mode, Rating};
 use alp_proto::scoring::v1::{
-    ApplyAttemptRequest, Candidate, RecallQuery, ScoreCandidatesRequest, SkillPrerequisites, TestAnswer,
+    ApplyAttemptsRequest, Candidate, EvaluateAttemptRequest, RecallQuery, ScoreCandidatesRequest, SkillPrerequisites,
+    TestAnswer,
 };
 use alp_runtime::FieldViolation;
+use alp_runtime::time::millis;
 use alp_runtime::validate::{count, id, range};
+
+use crate::model::ability;
+use crate::model::attempt::Recorded;
 
 pub const MAX_CANDIDATES: usize = 2000;
 pub const MAX_COUNT: u32 = 100;
@@ -126,7 +131,7 @@ fn candidate(candidate: &Candidate) -> Result<(), FieldViolation> {
     Ok(())
 }
 
-pub fn apply_request(request: &ApplyAttemptRequest) -> Result<Rating, FieldViolation> {
+pub fn evaluate_request(request: &EvaluateAttemptRequest) -> Result<Rating, FieldViolation> {
     id("attempt_id", &request.attempt_id)?;
     id("learner_id", &request.learner_id)?;
     id("item_id", &request.item_id)?;
@@ -142,11 +147,55 @@ pub fn apply_request(request: &ApplyAttemptRequest) -> Result<Rating, FieldViola
     if request.answer_time.is_none() {
         return Err(FieldViolation::new("answer_time", "is required"));
     }
-    match Rating::try_from(request.rating) {
-        Ok(Rating::Unspecified) => Ok(if request.correct { Rating::Good } else { Rating::Again }),
+    rating("rating", request.rating, request.correct)
+}
+
+/// An unset rating follows `correct`.
+fn rating(field: &str, value: i32, correct: bool) -> Result<Rating, FieldViolation> {
+    match Rating::try_from(value) {
+        Ok(Rating::Unspecified) => Ok(if correct { Rating::Good } else { Rating::Again }),
         Ok(rating) => Ok(rating),
-        Err(_) => Err(FieldViolation::new("rating", "must be AGAIN, HARD, GOOD or EASY")),
+        Err(_) => Err(FieldViolation::new(field, "must be AGAIN, HARD, GOOD or EASY")),
     }
+}
+
+/// The most attempts one ApplyAttempts takes.
+pub const MAX_APPLIED_ATTEMPTS: usize = 1000;
+
+/// Every attempt of the batch, checked before any is applied: one bad entry refuses the whole
+/// batch, naming it.
+pub fn recorded_attempts(request: &ApplyAttemptsRequest) -> Result<Vec<Recorded>, FieldViolation> {
+    count("attempts", &request.attempts, MAX_APPLIED_ATTEMPTS)?;
+    request
+        .attempts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let at = |f: &str| format!("attempts[{i}].{f}");
+            let nested = |v: FieldViolation| FieldViolation::new(at(&v.field), v.reason);
+            id(&at("attempt_id"), &a.attempt_id)?;
+            id(&at("learner_id"), &a.learner_id)?;
+            id(&at("item_id"), &a.item_id)?;
+            skill_ids(&a.skill_ids).map_err(nested)?;
+            range(&at("initial_difficulty"), a.initial_difficulty, -6.0, 6.0)?;
+            choice_count(a.choice_count).map_err(nested)?;
+            let answer_time =
+                a.answer_time.as_ref().ok_or_else(|| FieldViolation::new(at("answer_time"), "is required"))?;
+            Ok(Recorded {
+                attempt_id: a.attempt_id.clone(),
+                learner_id: a.learner_id.clone(),
+                item_id: a.item_id.clone(),
+                skill_ids: a.skill_ids.clone(),
+                initial_difficulty: a.initial_difficulty,
+                guess: ability::guess(a.choice_count),
+                rating: rating(&at("rating"), a.rating, a.correct)?,
+                correct: a.correct,
+                first: a.first_attempt,
+                mock_test: a.mock_test,
+                answer_ms: millis(&at("answer_time"), answer_time)?,
+            })
+        })
+        .collect()
 }
 
 pub fn recall_query(i: usize, query: &RecallQuery) -> Result<(), FieldViolation> {

@@ -3,92 +3,127 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use alp_proto::common::v1::Rating;
-use alp_proto::scoring::v1::ApplyAttemptResponse;
 use alp_runtime::testing::on_every_backend;
-use alp_scoring::{AttemptEffects, Estimate, MIGRATIONS, PracticeOutcome, ScoringStore, StoredFit};
+use alp_scoring::{Estimate, MIGRATIONS, PracticePolicy, Recorded, ScoringStore, StoredFit};
 
-fn effects(attempt: &str, learner: &str, item: &str, ability: f64, difficulty: Option<(f64, f64)>) -> AttemptEffects {
-    AttemptEffects {
+const PRACTICE: PracticePolicy = PracticePolicy { step_correct: -0.002, step_wrong: 0.008, limit: 0.15, start: 0.8 };
+
+/// A learner's first answer to an item of skill s1, open-ended (no guessing).
+fn first(attempt: &str, learner: &str, item: &str, correct: bool) -> Recorded {
+    Recorded {
         attempt_id: attempt.into(),
         learner_id: learner.into(),
         item_id: item.into(),
-        rating: Rating::Good,
+        skill_ids: vec!["s1".into()],
+        initial_difficulty: 0.0,
+        guess: 0.0,
+        rating: if correct { Rating::Good } else { Rating::Again },
+        correct,
+        first: true,
+        mock_test: false,
         answer_ms: 0,
-        review: false,
-        response: ApplyAttemptResponse { predicted_success: 0.5, ability, ..ApplyAttemptResponse::default() },
-        ability_deltas: vec![("s1".into(), 0.0, ability)],
-        difficulty_delta: difficulty,
-        practice: None,
     }
 }
 
 #[tokio::test]
-async fn an_attempt_is_applied_once_and_its_answer_kept() {
+async fn an_attempt_is_applied_once_however_often_it_arrives() {
     on_every_backend("scoring", MIGRATIONS, |db| async move {
         let store = ScoringStore::new(db);
-        assert!(store.applied("a1").await.unwrap().is_none());
-        assert_eq!(store.apply(&effects("a1", "l1", "i1", 0.4, Some((1.0, -0.4)))).await.unwrap(), Some(0));
-        // the same id again writes nothing, whatever it carries
-        assert_eq!(store.apply(&effects("a1", "l1", "i1", 9.0, Some((1.0, 9.0)))).await.unwrap(), None);
+        let a1 = first("a1", "l1", "i1", true);
+        let applied = store.apply_batch(&[a1.clone(), a1.clone()], &PRACTICE).await.unwrap();
+        assert_eq!((applied.applied, applied.duplicates), (vec!["a1".to_owned()], 1), "a repeat within a batch");
+        assert_eq!(applied.learners, vec!["l1".to_owned()]);
+        let again = store.apply_batch(&[a1], &PRACTICE).await.unwrap();
+        assert_eq!((again.applied.len(), again.duplicates), (0, 1), "a batch delivered again changes nothing");
 
-        let applied = store.applied("a1").await.unwrap().unwrap();
-        assert_eq!((applied.learner_id.as_str(), applied.item_id.as_str()), ("l1", "i1"));
-        assert_eq!(applied.response.ability, 0.4);
+        // Even odds: the step is K(0)·(1 − 0.5) = 0.4 each way.
         assert_eq!(store.abilities("l1").await.unwrap()["s1"], Estimate { value: 0.4, attempts: 1 });
         let calibration = store.calibration(&["i1".into(), "i2".into()]).await.unwrap();
         assert_eq!(calibration.len(), 1);
-        assert!((calibration["i1"].value - 0.6).abs() < 1e-12, "initial 1.0 plus delta -0.4");
+        assert_eq!(calibration["i1"], Estimate { value: -0.4, attempts: 1 });
         assert_eq!(store.attempt_count("l1").await.unwrap(), 1);
-
-        // A skill starts where the attempt says; later attempts only add their change.
-        for (n, start) in [(1, 1.0), (2, 7.0)] {
-            let first = AttemptEffects {
-                ability_deltas: vec![("s2".into(), start, 0.25)],
-                ..effects(&format!("b{n}"), "l1", "i2", 0.0, None)
-            };
-            assert!(store.apply(&first).await.unwrap().is_some());
-        }
-        assert_eq!(store.abilities("l1").await.unwrap()["s2"], Estimate { value: 1.5, attempts: 2 });
+        let target = store.practice_target("l1").await.unwrap().unwrap();
+        assert_eq!(target.first_attempts, 1);
     })
     .await;
 }
 
 #[tokio::test]
-async fn concurrent_attempts_add_up_instead_of_overwriting() {
+async fn a_batch_gives_the_models_that_its_attempts_one_by_one_give() {
     on_every_backend("scoring", MIGRATIONS, |db| async move {
         let store = ScoringStore::new(db);
-        let tasks: Vec<_> = (0..20)
-            .map(|n| {
+        // The same 30 answers twice, under two prefixes: in two batches, and one at a time.
+        let attempts = |p: &str| -> Vec<Recorded> {
+            (0..30)
+                .map(|n| first(&format!("{p}a{n}"), &format!("{p}l{}", n % 4), &format!("{p}i{}", n % 3), n % 5 != 0))
+                .collect()
+        };
+        let batched = attempts("b-");
+        store.apply_batch(&batched[..10], &PRACTICE).await.unwrap();
+        store.apply_batch(&batched[10..], &PRACTICE).await.unwrap();
+        for attempt in attempts("s-") {
+            store.apply_batch(&[attempt], &PRACTICE).await.unwrap();
+        }
+        for l in 0..4 {
+            let b = store.abilities(&format!("b-l{l}")).await.unwrap()["s1"];
+            let s = store.abilities(&format!("s-l{l}")).await.unwrap()["s1"];
+            assert_eq!(b.attempts, s.attempts);
+            assert!((b.value - s.value).abs() < 1e-9, "l{l}: {b:?} vs {s:?}");
+            let (bt, st) = (
+                store.practice_target(&format!("b-l{l}")).await.unwrap().unwrap(),
+                store.practice_target(&format!("s-l{l}")).await.unwrap().unwrap(),
+            );
+            assert!((bt.correction - st.correction).abs() < 1e-9 && bt.first_attempts == st.first_attempts);
+        }
+        for i in 0..3 {
+            let ids = [format!("b-i{i}"), format!("s-i{i}")];
+            let found = store.calibration(&ids).await.unwrap();
+            assert_eq!(found[&ids[0]].attempts, 10);
+            assert!((found[&ids[0]].value - found[&ids[1]].value).abs() < 1e-9, "i{i}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_batches_lose_no_update() {
+    on_every_backend("scoring", MIGRATIONS, |db| async move {
+        let store = ScoringStore::new(db);
+        let tasks: Vec<_> = (0..8)
+            .map(|b| {
                 let store = store.clone();
                 tokio::spawn(async move {
-                    store.apply(&effects(&format!("a{n}"), "l1", "i1", 0.125, Some((0.0, 0.25)))).await.unwrap()
+                    let batch: Vec<Recorded> =
+                        (0..5).map(|n| first(&format!("b{b}-{n}"), "l1", &format!("i{b}-{n}"), true)).collect();
+                    store.apply_batch(&batch, &PRACTICE).await.unwrap()
                 })
             })
             .collect();
         for task in tasks {
-            assert!(task.await.unwrap().is_some());
+            assert_eq!(task.await.unwrap().applied.len(), 5);
         }
-        let ability = store.abilities("l1").await.unwrap()["s1"];
-        assert_eq!(ability, Estimate { value: 2.5, attempts: 20 });
-        let difficulty = store.calibration(&["i1".into()]).await.unwrap()["i1"];
-        assert_eq!(difficulty, Estimate { value: 5.0, attempts: 20 });
-        assert_eq!(store.attempt_count("l1").await.unwrap(), 20);
-        assert_eq!(store.attempt_count("l2").await.unwrap(), 0);
+        assert_eq!(store.abilities("l1").await.unwrap()["s1"].attempts, 40);
+        assert_eq!(store.practice_target("l1").await.unwrap().unwrap().first_attempts, 40);
+        assert_eq!(store.attempt_count("l1").await.unwrap(), 40);
     })
     .await;
 }
 
 #[tokio::test]
-async fn calibration_reads_large_id_lists_in_chunks() {
+async fn large_batches_and_id_lists_go_in_chunks() {
     on_every_backend("scoring", MIGRATIONS, |db| async move {
         let store = ScoringStore::new(db);
-        for n in 0..3 {
-            store.apply(&effects(&format!("a{n}"), "l1", &format!("i{n}"), 0.0, Some((n as f64, 0.0)))).await.unwrap();
-        }
-        let ids: Vec<String> = (0..1200).map(|n| format!("i{n}")).collect();
-        let found = store.calibration(&ids).await.unwrap();
-        assert_eq!(found.len(), 3);
-        assert_eq!(found["i2"].value, 2.0);
+        let batch: Vec<Recorded> = (0..1500)
+            .map(|n| Recorded {
+                skill_ids: (0..3).map(|s| format!("s{s}")).collect(),
+                ..first(&format!("a{n}"), &format!("l{}", n % 700), &format!("i{n}"), n % 2 == 0)
+            })
+            .collect();
+        let applied = store.apply_batch(&batch, &PRACTICE).await.unwrap();
+        assert_eq!(applied.applied.len(), 1500);
+        let ids: Vec<String> = (0..1200).map(|n| format!("i{n}")).chain(["none".to_owned()]).collect();
+        assert_eq!(store.calibration(&ids).await.unwrap().len(), 1200);
+        assert_eq!(store.abilities("l0").await.unwrap()["s2"].attempts, 3);
     })
     .await;
 }
@@ -98,34 +133,23 @@ async fn practice_corrections_add_up_within_their_limit_and_the_success_rate_rol
     on_every_backend("scoring", MIGRATIONS, |db| async move {
         let store = ScoringStore::new(db);
         assert!(store.practice_target("l1").await.unwrap().is_none());
-        let wrong = PracticeOutcome { correct: false, step: 0.008, limit: 0.15, start: 0.8 };
-        let apply = |n: usize, practice: PracticeOutcome| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let effects =
-                    AttemptEffects { practice: Some(practice), ..effects(&format!("p{n}"), "l1", "i1", 0.0, None) };
-                assert!(store.apply(&effects).await.unwrap().is_some());
-            })
-        };
-        let tasks: Vec<_> = (0..10).map(|n| apply(n, wrong)).collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
+        let wrong = |n: usize| first(&format!("p{n}"), "l1", &format!("i{n}"), false);
+        store.apply_batch(&(0..10).map(wrong).collect::<Vec<_>>(), &PRACTICE).await.unwrap();
         let target = store.practice_target("l1").await.unwrap().unwrap();
         assert_eq!(target.first_attempts, 10);
         assert!((target.correction - 0.08).abs() < 1e-9, "{target:?}");
         // Ten failures pull the rolling rate from 0.8 by 5 % each.
         assert!((target.rolling_success - 0.8 * 0.95f64.powi(10)).abs() < 1e-9, "{target:?}");
 
-        let tasks: Vec<_> = (10..40).map(|n| apply(n, wrong)).collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
+        store.apply_batch(&(10..40).map(wrong).collect::<Vec<_>>(), &PRACTICE).await.unwrap();
         let target = store.practice_target("l1").await.unwrap().unwrap();
         assert!((target.correction - 0.15).abs() < 1e-9, "held at the limit: {target:?}");
-        apply(40, PracticeOutcome { correct: true, step: -0.002, ..wrong }).await.unwrap();
+        store.apply_batch(&[first("p40", "l1", "i40", true)], &PRACTICE).await.unwrap();
         let target = store.practice_target("l1").await.unwrap().unwrap();
         assert!((target.correction - 0.148).abs() < 1e-9, "comes back from the limit at once: {target:?}");
+        // A mock test measures: it leaves the practice target alone.
+        store.apply_batch(&[Recorded { mock_test: true, ..first("m1", "l1", "i41", true) }], &PRACTICE).await.unwrap();
+        assert_eq!(store.practice_target("l1").await.unwrap().unwrap().first_attempts, 41);
         assert!(store.practice_target("l2").await.unwrap().is_none());
     })
     .await;
@@ -136,15 +160,16 @@ async fn reviews_are_counted_and_kept_as_histories_next_to_the_latest_fit() {
     on_every_backend("scoring", MIGRATIONS, |db| async move {
         let store = ScoringStore::new(db);
         let answers = [
-            ("r1", "i1", 10, Rating::Good, false, Some(0)),
+            ("r1", "i1", 10, Rating::Good, false, None),
             ("r2", "i1", 20, Rating::Again, true, Some(1)),
-            ("r3", "i2", 15, Rating::Easy, false, Some(1)),
+            ("r3", "i2", 15, Rating::Easy, false, None),
             ("r4", "i1", 30, Rating::Hard, true, Some(2)),
             ("r4", "i1", 30, Rating::Hard, true, None),
         ];
         for (attempt, item, at, rating, review, count) in answers {
-            let e = AttemptEffects { rating, answer_ms: at, review, ..effects(attempt, "l1", item, 0.0, None) };
-            assert_eq!(store.apply(&e).await.unwrap(), count, "{attempt}");
+            let recorded = Recorded { rating, answer_ms: at, first: !review, ..first(attempt, "l1", item, true) };
+            let applied = store.apply_batch(&[recorded], &PRACTICE).await.unwrap();
+            assert_eq!(applied.reviews.get("l1").copied(), count, "{attempt}");
         }
         let histories = store.review_histories("l1").await.unwrap();
         let flat: Vec<Vec<(i64, Rating)>> =

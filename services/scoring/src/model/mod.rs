@@ -2,6 +2,7 @@
 //! Elo/Rasch ability and difficulty, the practice ranking and adaptive mock tests. No I/O here.
 
 pub mod ability;
+pub mod attempt;
 pub mod fitting;
 pub mod memory;
 pub mod mock_test;
