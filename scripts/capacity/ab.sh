@@ -42,6 +42,9 @@ for side in A B B A A B; do
   "$binary" load --endpoint "$endpoint" --scenario baseline --rate "$rate" --duration "$duration" \
     --warmup "$warmup" "${shape[@]}" "${watch[@]}" --quiet --out "$result" >/dev/null
   runs+=("$side=$result")
+  # The next run starts from an empty outbox: what this one committed is delivered first (and a
+  # build that reads the outbox differently never meets the other's rows).
+  for _ in $(seq 600); do [ "$(psql -d alp_scheduler -c 'SELECT COUNT(*) FROM outbox')" = 0 ] && break; sleep 0.1; done
 done
 stop_suite
 python3 - "$out/$endpoint-$rate.json" "$a" "$b" "${runs[@]}" <<'PY'

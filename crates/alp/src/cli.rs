@@ -101,6 +101,11 @@ pub struct ServeArgs {
     /// Timeouts, circuit breakers and retries of calls to other services.
     #[command(flatten)]
     pub clients: ClientArgs,
+    /// Longest an attempt's outbox row waits for others before its batch goes to scoring or the
+    /// user service (scheduler): longer means fewer, larger batches, and progress that lags
+    /// more. A learner's next NextItems sends their rows to scoring at once either way.
+    #[arg(long, env = "ALP_OUTBOX_MAX_DELAY", default_value = "20ms", value_parser = alp_runtime::time::parse_duration)]
+    pub outbox_max_delay: std::time::Duration,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]
@@ -195,7 +200,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         "ALP dev suite starting; Ctrl-C stops it"
     );
     let server = ServerConfig { drain_delay: Duration::ZERO, ..ServerConfig::default() };
-    let settings = suite::Settings { server, policies, redis, clients: args.clients };
+    let settings = suite::Settings { server, policies, redis, clients: args.clients, outbox: Default::default() };
     let result = suite::run(listeners, databases, settings, alp_runtime::shutdown::signal()).await;
     stop.cancel();
     result
@@ -239,6 +244,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                         user: downstream("user", &args.user_addr)?,
                     },
                     redis,
+                    outbox: alp_scheduler::RelayConfig {
+                        max_delay: args.outbox_max_delay,
+                        ..alp_scheduler::RelayConfig::default()
+                    },
                 },
                 listener,
             )

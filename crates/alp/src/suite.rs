@@ -168,6 +168,8 @@ pub struct Settings {
     pub redis: Option<alp_runtime::redis::RedisConfig>,
     /// How the services call each other.
     pub clients: ClientArgs,
+    /// How the scheduler's outbox rows reach scoring and the user service.
+    pub outbox: alp_scheduler::RelayConfig,
 }
 
 /// Runs the four services until `shutdown` resolves. Migrations must have run.
@@ -177,7 +179,7 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let Settings { server, policies, redis, clients } = settings;
+    let Settings { server, policies, redis, clients, outbox } = settings;
     let addresses = listeners.addresses()?;
     let downstream =
         |name: &str, address: SocketAddr| clients.config(name, &address.to_string()).map_err(anyhow::Error::msg);
@@ -240,6 +242,7 @@ pub async fn run(
                 database: databases.scheduler.clone(),
                 downstream: scheduler_downstream,
                 redis,
+                outbox,
             },
             listeners.scheduler,
             signal(),

@@ -177,6 +177,7 @@ impl Suite {
         };
         let (scheduler_listener, scheduler) = bind().await;
         let scheduler_config = alp_scheduler::SchedulerConfig {
+            outbox: alp_scheduler::RelayConfig::default(),
             server: options.scheduler_server.clone(),
             database: databases.scheduler.clone(),
             redis: None,

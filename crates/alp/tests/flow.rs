@@ -506,6 +506,14 @@ async fn scheduler_rpcs(c: &mut Clients) {
     let err = c.scheduler.submit_attempt(submit("ada-3", "ada", "ghost", true)).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     c.scheduler.submit_attempt(submit("ada-4", "ada", "sub-1", true)).await.unwrap();
+    // Read your writes: scoring learns of answers from the outbox, and the learner's next
+    // NextItems ranks with them, so once it has answered scoring has applied both.
+    c.scheduler
+        .next_items(NextItemsRequest { learner_id: "ada".into(), course_id: "arithmetic".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let model = c.scoring.get_learner_model(GetLearnerModelRequest { learner_id: "ada".into() }).await.unwrap();
+    assert_eq!(model.into_inner().model.unwrap().attempt_count, 2, "ada-1 and ada-4 applied before NextItems ranked");
 
     // New items go through the learning steps: the failed one is due again in a minute, the
     // correct one in ten; neither is due yet.
@@ -655,7 +663,17 @@ async fn every_rpc(running: Running) {
 /// The embedded set-up of `alp dev`: SQLite, caches in process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_works_over_grpc_on_sqlite() {
-    every_rpc(common::start_sqlite().await).await;
+    let dir = tempfile::tempdir().unwrap();
+    every_rpc(common::start_with(alp::suite::Databases::sqlite(dir.path()), Some(dir), slow_outbox()).await).await;
+}
+
+/// Batches that wait a second for company: NextItems must not wait for them to read its writes.
+fn slow_outbox() -> alp::suite::Settings {
+    alp::suite::Settings {
+        server: common::test_server_config(),
+        outbox: alp_scheduler::RelayConfig { max_delay: Duration::from_secs(1), ..Default::default() },
+        ..alp::suite::Settings::default()
+    }
 }
 
 /// The production set-up: PostgreSQL and a 6-node Redis Cluster.
@@ -665,11 +683,7 @@ async fn every_rpc_works_over_grpc_on_postgres_and_redis() {
     let Some(cluster) = alp_runtime::testing::RedisCluster::start().await else { return };
     let databases = common::postgres_databases(&admin).await;
     let redis = alp_runtime::redis::RedisConfig::for_nodes(&cluster.seeds()).unwrap();
-    let settings = alp::suite::Settings {
-        server: common::test_server_config(),
-        redis: Some(redis),
-        ..alp::suite::Settings::default()
-    };
+    let settings = alp::suite::Settings { redis: Some(redis), ..slow_outbox() };
     every_rpc(common::start_with(databases, None, settings).await).await;
     drop(cluster);
 }

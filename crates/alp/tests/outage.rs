@@ -69,6 +69,7 @@ async fn progress_submitted_while_user_service_is_down_arrives_once_it_is_back()
     ));
     tokio::spawn(alp_scheduler::serve_with_shutdown(
         alp_scheduler::SchedulerConfig {
+            outbox: alp_scheduler::RelayConfig::default(),
             server: config.clone(),
             database: databases.scheduler.clone(),
             downstream: alp_scheduler::DownstreamConfigs {

@@ -22,6 +22,7 @@ use tonic::service::Routes;
 pub use api::SchedulerApi;
 pub use downstream::DownstreamConfigs;
 pub use error::SchedulerError;
+pub use outbox::RelayConfig;
 pub use store::{AttemptRow, Consumer, ExportFilter, MemoryRow, SchedulerStore};
 
 pub const SERVICE_NAME: &str = scheduler_service_server::SERVICE_NAME;
@@ -67,6 +68,8 @@ pub struct SchedulerConfig {
     pub redis: Option<RedisConfig>,
     /// The content, scoring and user services.
     pub downstream: DownstreamConfigs,
+    /// How outbox rows reach scoring and the user service.
+    pub outbox: RelayConfig,
 }
 
 pub async fn serve(config: SchedulerConfig, listener: TcpListener) -> Result<(), ServeError> {
@@ -90,9 +93,7 @@ pub async fn serve_with_shutdown(
         .await
         .map_err(|e| ServeError::Setup(e.to_string()))?;
     let dependencies = [downstream.content.clone(), downstream.scoring.clone(), downstream.user.clone()];
-    let relay = |consumer| {
-        outbox::Relay::new(consumer, outbox::RelayConfig::default(), store.clone(), downstream.deliver_to(consumer))
-    };
+    let relay = |consumer| outbox::Relay::new(consumer, config.outbox, store.clone(), downstream.deliver_to(consumer));
     let (scoring_outbox, user_outbox) = (relay(outbox::Consumer::Scoring), relay(outbox::Consumer::User));
     let stop_relays = CancellationToken::new();
     let relays = tokio::spawn({
