@@ -614,13 +614,6 @@ async fn a_dependency_failing_half_its_calls_gets_no_more_than_the_retry_budget(
     ]);
     let suite = Suite::start(Options { content_proxy: Some(Arc::clone(&proxy)), clients, ..Options::default() }).await;
     suite.learner("eve").await;
-    let items = suite
-        .scheduler()
-        .next_items(NextItemsRequest { count: 10, ..next_request("eve") })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
 
     proxy.failing.store(true, Ordering::SeqCst);
     let before = proxy.received.load(Ordering::SeqCst);
@@ -632,9 +625,11 @@ async fn a_dependency_failing_half_its_calls_gets_no_more_than_the_retry_budget(
         if started.elapsed() > Duration::from_secs(3) {
             break;
         }
-        let item = &items[n % items.len()].item_id;
+        // Items content does not have: the scheduler keeps copies of the items it found, so only
+        // these make every submission ask content (and be answered NOT_FOUND when it answers).
+        let item = format!("unlisted-{n}");
         let t = Instant::now();
-        let answer = scheduler.submit_attempt(submit_request(format!("eve-{n}"), "eve", item)).await;
+        let answer = scheduler.submit_attempt(submit_request(format!("eve-{n}"), "eve", &item)).await;
         submits.record(&answer, t.elapsed());
     }
     let recorded = submits.ok;
@@ -652,8 +647,9 @@ async fn a_dependency_failing_half_its_calls_gets_no_more_than_the_retry_budget(
     ));
     assert!(received as f64 <= allowed, "{received} content calls for {calls} submissions");
     assert!(received > calls, "failed calls were retried");
-    assert!(submits.errors.keys().all(|code| code == "UNAVAILABLE"), "{}", submits.summary());
-    assert_eq!(suite.attempts_recorded("eve-").await, recorded as i64);
+    assert!(submits.errors.keys().all(|code| code == "UNAVAILABLE" || code == "NOT_FOUND"), "{}", submits.summary());
+    assert!(submits.errors.contains_key("NOT_FOUND"), "content answered some: {}", submits.summary());
+    assert_eq!((recorded, suite.attempts_recorded("eve-").await), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

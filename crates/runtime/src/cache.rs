@@ -114,7 +114,7 @@ where
                 second_pass_running: AtomicBool::new(false),
             }),
         };
-        if let Some(redis) = &cache.inner.redis {
+        if let (Some(redis), true) = (&cache.inner.redis, cache.inner.settings.l1_capacity > 0) {
             cache.listen(redis.clone());
         }
         cache
@@ -334,9 +334,12 @@ where
                 failed.push(key.clone());
             }
         }
-        let channel = Self::channel(redis, name);
-        if let Err(err) = redis.pool().next().spublish::<i64, _, _>(channel, keys.join("\n")).await {
-            self.error("publish", &err);
+        // Without an L1 no replica holds a copy to drop.
+        if self.inner.settings.l1_capacity > 0 {
+            let channel = Self::channel(redis, name);
+            if let Err(err) = redis.pool().next().spublish::<i64, _, _>(channel, keys.join("\n")).await {
+                self.error("publish", &err);
+            }
         }
         failed
     }

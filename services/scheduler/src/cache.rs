@@ -1,4 +1,5 @@
-//! The scheduler's cache: each learner's memory states in a course (read by every NextItems).
+//! The scheduler's caches: each learner's memory states in a course (read by every NextItems),
+//! and copies of the items SubmitAttempt answers about.
 //!
 //! Memory states change with every answer and a learner may be served by any replica, so they
 //! skip the in-process level: a stale copy on another replica would offer the item just
@@ -12,6 +13,11 @@ use alp_runtime::cache::{Cache, CacheSettings};
 use alp_runtime::redis::Redis;
 
 use crate::store::MemoryRow;
+
+/// Items SubmitAttempt answers about, in this process only: an item changed or retired reaches
+/// SubmitAttempt within 15 s, as it reaches NextItems through the course catalogue.
+pub const ITEM_COPIES: CacheSettings =
+    CacheSettings { name: "item_copies", l1_capacity: 50_000, l1_ttl: Duration::from_secs(15), l2_ttl: Duration::ZERO };
 
 pub const MEMORY_CACHE: CacheSettings =
     CacheSettings { name: "memory", l1_capacity: 0, l1_ttl: Duration::ZERO, l2_ttl: Duration::from_secs(600) };

@@ -24,10 +24,12 @@ use alp_proto::user::v1::{
     GetLearnerRequest, GetLearnerResponse, Learner, ProgressEvent, RecordProgressRequest, RecordProgressResponse,
 };
 use alp_runtime::batch::{BatchConfig, BatchError, Batcher};
+use alp_runtime::cache::Cache;
 use alp_runtime::client::{AddressError, CallError, Downstream, DownstreamConfig, Method, Rpc, deadline_for};
 use alp_runtime::send;
 use tonic::Code;
 
+use crate::cache::ITEM_COPIES;
 use crate::catalogue::Catalogue;
 use crate::error::SchedulerError;
 use crate::outbox::{Consumer, Deliver};
@@ -63,6 +65,8 @@ pub struct Downstreams {
     apply_attempts: Rpc<ApplyAttemptsRequest, ApplyAttemptsResponse>,
     record_progress: Rpc<RecordProgressRequest, RecordProgressResponse>,
     items: Batcher<String, Item, CallError>,
+    /// SubmitAttempt's items, as long as the catalogue keeps a course's (see `cache.rs`).
+    item_copies: Cache<Item>,
     /// Every NextItems needs the whole course (a thousand items is a few hundred kB): listing it
     /// per call cost more than all the rest of NextItems together.
     course_items: Catalogue<CourseItems>,
@@ -112,6 +116,7 @@ impl Downstreams {
             batch_get_items,
             record_progress,
             items,
+            item_copies: Cache::new(ITEM_COPIES, None),
             course_items: Catalogue::new("course_items"),
             skill_graphs: Catalogue::new("skill_graphs"),
             content,
@@ -172,11 +177,18 @@ impl Downstreams {
         }
     }
 
-    /// One item, looked up together with the other calls' items of the moment.
+    /// One item: this replica's copy, else looked up together with the other calls' items of
+    /// the moment.
     pub async fn item(&self, item_id: &str) -> Result<Item, SchedulerError> {
+        if let Some(item) = self.item_copies.get(item_id).await {
+            return Ok(item);
+        }
         let lookup = self.items.load(item_id.to_owned());
         match tokio::time::timeout_at(deadline_for(self.item_timeout), lookup).await {
-            Ok(Ok(Some(item))) => Ok(item),
+            Ok(Ok(Some(item))) => {
+                self.item_copies.put(item_id, item.clone()).await;
+                Ok(item)
+            }
             Ok(Ok(None)) => Err(SchedulerError::not_found("item", item_id)),
             Ok(Err(BatchError::Failed(error))) => Err(SchedulerError::Downstream(error)),
             Ok(Err(BatchError::Lost(batcher))) => {

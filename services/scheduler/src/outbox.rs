@@ -63,7 +63,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             max_batch: 500,
-            max_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(50),
             queue: 20_000,
             fast_path_allowance: Duration::from_secs(1),
             idle_poll: Duration::from_secs(2),
@@ -84,7 +84,8 @@ pub type Deliver = Arc<dyn Fn(Vec<Vec<u8>>) -> Pin<Box<dyn Future<Output = Resul
 #[derive(Debug)]
 struct Pending {
     seq: i64,
-    learner_id: String,
+    /// Set when the learner's next NextItems waits for the row.
+    learner_id: Option<String>,
     event: Vec<u8>,
 }
 
@@ -136,11 +137,14 @@ impl Relay {
     }
 
     /// Hands a just-committed row to the fast path. A full queue leaves it to the sweeper.
-    pub fn send(&self, seq: i64, learner_id: &str, event: Vec<u8>) {
-        let learner_id = learner_id.to_owned();
-        self.counts().entry(learner_id.clone()).and_modify(|n| *n += 1).or_insert(1);
+    /// `awaited`: the learner's next NextItems waits for this row ([`Relay::settled`]).
+    pub fn send(&self, seq: i64, learner_id: &str, event: Vec<u8>, awaited: bool) {
+        let learner_id = awaited.then(|| learner_id.to_owned());
+        if let Some(learner) = &learner_id {
+            self.counts().entry(learner.clone()).and_modify(|n| *n += 1).or_insert(1);
+        }
         if let Err(full) = self.fast_path.try_send(Pending { seq, learner_id, event }) {
-            self.release(std::slice::from_ref(&full.into_inner().learner_id));
+            self.release(full.into_inner().learner_id.as_slice());
         }
     }
 
@@ -165,6 +169,9 @@ impl Relay {
     }
 
     fn release(&self, learners: &[String]) {
+        if learners.is_empty() {
+            return;
+        }
         let mut counts = self.counts();
         for learner in learners {
             if let Some(n) = counts.get_mut(learner) {
@@ -199,7 +206,7 @@ impl Relay {
                     () = tokio::time::sleep_until(flush_at) => break,
                 }
             }
-            let learners: Vec<String> = batch.iter().map(|p| p.learner_id.clone()).collect();
+            let learners: Vec<String> = batch.iter_mut().filter_map(|p| p.learner_id.take()).collect();
             let rows = batch.into_iter().map(|p| (p.seq, p.event)).collect();
             // Inline: one batch in flight, and the queue fills the next one meanwhile.
             if let Err(error) = self.deliver_rows(rows).await {

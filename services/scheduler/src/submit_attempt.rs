@@ -213,6 +213,7 @@ impl AttemptRecorder {
             first_attempt: prior.is_none(),
             answer_time: Some(timestamp(s.answer_ms)),
         };
+        let first_attempt = prior.is_none();
         let outbox = [(Consumer::Scoring, for_scoring.encode_to_vec()), (Consumer::User, for_user.encode_to_vec())];
 
         // In a task of its own: once the attempt commits, the cache invalidation and the outbox
@@ -224,8 +225,10 @@ impl AttemptRecorder {
             let key = memory_key(&attempt.learner_id, &attempt.course_id);
             this.caches.memory.invalidate(&[key]).await;
             let [(_, scoring_row), (_, user_row)] = outbox;
-            this.scoring.send(seqs[0], &attempt.learner_id, scoring_row);
-            this.user.send(seqs[1], &attempt.learner_id, user_row);
+            // Only a first answer moves what a ranking reads (ability, difficulty, the practice
+            // target); a review changes the memory state alone, committed here.
+            this.scoring.send(seqs[0], &attempt.learner_id, scoring_row, first_attempt);
+            this.user.send(seqs[1], &attempt.learner_id, user_row, false);
             Ok::<_, alp_runtime::StoreError>(Some(attempt.to_proto()))
         });
         let recorded = recording

@@ -267,7 +267,7 @@ impl ScoringService for ScoringApi {
             start: self.ranking.target_success,
         };
         let outcome = self.store.apply_batch(&attempts, &practice).await.map_err(ScoringError::from)?;
-        self.caches.learners_changed(&outcome.learners).await;
+        self.caches.learners_applied(&outcome.learners).await;
         for (learner_id, reviews) in outcome.reviews {
             self.fitter.reviews_counted(learner_id, reviews);
         }

@@ -4,8 +4,10 @@
 //! Item difficulty is not invalidated: it drifts by small Elo steps, so the cache only bounds
 //! how old a ranking's view may be (10 s in memory, a minute in Redis); a batch of applied
 //! attempts reads the database. A learner's state changes with their answers and may be read on
-//! any replica, so it lives in Redis alone, dropped by each batch of applied attempts and by
-//! each fit.
+//! any replica, so it lives in Redis alone: each batch of applied attempts writes the states of
+//! its learners as it left them (read and written under the batch lock), and each fit drops it.
+//! Two replicas' batches for one learner a few milliseconds apart can write their states out of
+//! order; the learner's next batch puts the right one back.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use alp_runtime::cache::{Cache, CacheSettings};
 use alp_runtime::redis::Redis;
 
 use crate::error::ScoringError;
-use crate::store::{Estimate, PracticeTarget, ScoringStore, StoredFit};
+use crate::store::{Estimate, LearnerModels, PracticeTarget, ScoringStore, StoredFit};
 
 pub const CALIBRATION_CACHE: CacheSettings = CacheSettings {
     name: "calibration",
@@ -217,10 +219,16 @@ impl ScoringCaches {
         self.learners.invalidate(&[learner_id.to_owned()]).await;
     }
 
-    /// After a batch changed these learners' states.
-    pub async fn learners_changed(&self, learner_ids: &[String]) {
-        if !learner_ids.is_empty() {
-            self.learners.invalidate(learner_ids).await;
-        }
+    /// After a batch: the states it read and moved on, written through, so the learners' next
+    /// evaluations and rankings read them from the cache.
+    pub async fn learners_applied(&self, learners: &[LearnerModels]) {
+        let entries: Vec<(String, CachedLearner)> = learners
+            .iter()
+            .map(|l| {
+                let state = LearnerState { abilities: l.abilities.clone(), practice: l.practice, fit: l.fit.clone() };
+                (l.learner_id.clone(), CachedLearner::from(&state))
+            })
+            .collect();
+        self.learners.put_many(&entries).await;
     }
 }

@@ -23,7 +23,7 @@ pub use fitter::FitPolicy;
 pub use model::attempt::{PracticePolicy, Recorded};
 pub use model::mock_test::MockTestPolicy;
 pub use model::ranking::RankingPolicy;
-pub use store::{BatchApplied, Estimate, PracticeTarget, ScoringStore, StoredFit};
+pub use store::{BatchApplied, Estimate, LearnerModels, PracticeTarget, ScoringStore, StoredFit};
 
 pub const SERVICE_NAME: &str = scoring_service_server::SERVICE_NAME;
 

@@ -19,10 +19,20 @@ pub struct BatchApplied {
     /// Attempt ids applied now, in the batch's order.
     pub applied: Vec<String>,
     pub duplicates: usize,
-    /// Learners whose models changed.
-    pub learners: Vec<String>,
+    /// Every learner of the applied attempts with their state after the batch, as the cache
+    /// keeps it.
+    pub learners: Vec<LearnerModels>,
     /// Each learner's review count after the batch, for those it gave reviews.
     pub reviews: HashMap<String, i64>,
+}
+
+/// What scoring keeps of one learner, as a batch left it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LearnerModels {
+    pub learner_id: String,
+    pub abilities: HashMap<String, Estimate>,
+    pub practice: Option<PracticeTarget>,
+    pub fit: Option<StoredFit>,
 }
 
 /// The latest fit of a learner's FSRS-6 parameters.
@@ -46,6 +56,29 @@ const ROWS_PER_STATEMENT: usize = 1000;
 /// The transaction-scoped advisory lock every batch takes on PostgreSQL: batches from any
 /// replica apply one after another, so writing the models back whole loses no update.
 const APPLY_LOCK: i64 = 0x616c_7073_636f_7265;
+
+const FIT_COLUMNS: &str =
+    "parameters, kept, reviews, holdout_reviews, default_log_loss, fitted_log_loss, attempt_count, fit_time";
+
+/// A fit from [`FIT_COLUMNS`], starting at column `first`.
+fn fit_from_row(r: &sqlx::any::AnyRow, first: usize) -> Result<StoredFit, StoreError> {
+    let text: String = r.try_get(first)?;
+    let parameters = text
+        .split(',')
+        .map(str::parse::<f32>)
+        .collect::<Result<Vec<f32>, _>>()
+        .map_err(|e| StoreError::Corrupt(format!("learner parameters: {e}")))?;
+    Ok(StoredFit {
+        parameters,
+        kept: r.try_get::<i64, _>(first + 1)? != 0,
+        reviews: r.try_get(first + 2)?,
+        holdout_reviews: r.try_get(first + 3)?,
+        default_log_loss: r.try_get(first + 4)?,
+        fitted_log_loss: r.try_get(first + 5)?,
+        attempt_count: r.try_get(first + 6)?,
+        fit_time_ms: r.try_get(first + 7)?,
+    })
+}
 
 /// Each value once, in first-seen order.
 fn distinct_values<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
@@ -145,10 +178,12 @@ impl ScoringStore {
             return Ok(outcome);
         }
 
-        let firsts: Vec<&Recorded> = fresh.iter().copied().filter(|a| a.first).collect();
-        let learners = distinct_values(firsts.iter().map(|a| a.learner_id.as_str()));
-        let items = distinct_values(firsts.iter().map(|a| a.item_id.as_str()));
+        // Every learner's whole state, also of those with reviews only: the batch writes it to
+        // the cache afterwards, so evaluations and rankings find it there.
+        let learners = distinct_values(fresh.iter().map(|a| a.learner_id.as_str()));
+        let items = distinct_values(fresh.iter().filter(|a| a.first).map(|a| a.item_id.as_str()));
         let mut models = Models::default();
+        let mut fits = HashMap::new();
         for chunk in learners.chunks(ROWS_PER_STATEMENT) {
             let list = placeholders(1, chunk.len());
             let sql = format!(
@@ -169,6 +204,10 @@ impl ScoringStore {
                     first_attempts: r.try_get(3)?,
                 };
                 models.practice.insert(r.try_get(0)?, target);
+            }
+            let sql = format!("SELECT learner_id, {FIT_COLUMNS} FROM learner_parameters WHERE learner_id IN ({list})");
+            for r in bind_all(sqlx::query(AssertSqlSafe(sql)), chunk).fetch_all(&mut *tx).await? {
+                fits.insert(r.try_get::<String, _>(0)?, fit_from_row(&r, 1)?);
             }
         }
         for chunk in items.chunks(ROWS_PER_STATEMENT) {
@@ -251,7 +290,15 @@ impl ScoringStore {
             }
         }
         tx.commit().await?;
-        outcome.learners = distinct_values(fresh.iter().map(|a| a.learner_id.as_str()));
+        outcome.learners = learners
+            .into_iter()
+            .map(|learner_id| LearnerModels {
+                abilities: models.abilities.remove(&learner_id).unwrap_or_default(),
+                practice: models.practice.get(&learner_id).copied(),
+                fit: fits.remove(&learner_id),
+                learner_id,
+            })
+            .collect();
         outcome.applied = fresh.into_iter().map(|a| a.attempt_id.clone()).collect();
         Ok(outcome)
     }
@@ -306,33 +353,9 @@ impl ScoringStore {
     }
 
     pub async fn parameter_fit(&self, learner_id: &str) -> Result<Option<StoredFit>, StoreError> {
-        let row = sqlx::query(
-            "SELECT parameters, kept, reviews, holdout_reviews, default_log_loss, fitted_log_loss, attempt_count,
-                    fit_time
-             FROM learner_parameters WHERE learner_id = $1",
-        )
-        .bind(learner_id)
-        .fetch_optional(self.db.pool())
-        .await?;
-        row.map(|r| {
-            let text: String = r.try_get(0)?;
-            let parameters = text
-                .split(',')
-                .map(str::parse::<f32>)
-                .collect::<Result<Vec<f32>, _>>()
-                .map_err(|e| StoreError::Corrupt(format!("learner parameters: {e}")))?;
-            Ok(StoredFit {
-                parameters,
-                kept: r.try_get::<i64, _>(1)? != 0,
-                reviews: r.try_get(2)?,
-                holdout_reviews: r.try_get(3)?,
-                default_log_loss: r.try_get(4)?,
-                fitted_log_loss: r.try_get(5)?,
-                attempt_count: r.try_get(6)?,
-                fit_time_ms: r.try_get(7)?,
-            })
-        })
-        .transpose()
+        let sql = format!("SELECT {FIT_COLUMNS} FROM learner_parameters WHERE learner_id = $1");
+        let row = sqlx::query(AssertSqlSafe(sql)).bind(learner_id).fetch_optional(self.db.pool()).await?;
+        row.map(|r| fit_from_row(&r, 0)).transpose()
     }
 
     /// Records a fit, replacing the one before.

@@ -32,7 +32,10 @@ async fn an_attempt_is_applied_once_however_often_it_arrives() {
         let a1 = first("a1", "l1", "i1", true);
         let applied = store.apply_batch(&[a1.clone(), a1.clone()], &PRACTICE).await.unwrap();
         assert_eq!((applied.applied, applied.duplicates), (vec!["a1".to_owned()], 1), "a repeat within a batch");
-        assert_eq!(applied.learners, vec!["l1".to_owned()]);
+        assert_eq!(applied.learners.len(), 1, "the learner's state after the batch, for the cache");
+        assert_eq!(applied.learners[0].learner_id, "l1");
+        assert_eq!(applied.learners[0].abilities["s1"], Estimate { value: 0.4, attempts: 1 });
+        assert_eq!(applied.learners[0].practice.unwrap().first_attempts, 1);
         let again = store.apply_batch(&[a1], &PRACTICE).await.unwrap();
         assert_eq!((again.applied.len(), again.duplicates), (0, 1), "a batch delivered again changes nothing");
 
