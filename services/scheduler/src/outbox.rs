@@ -311,3 +311,164 @@ impl Relay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use alp_runtime::db::Database;
+
+    use super::*;
+
+    /// The batches delivered so far; the first `fail` deliveries fail.
+    #[derive(Default)]
+    struct Consumer {
+        batches: Mutex<Vec<Vec<Vec<u8>>>>,
+        fail: AtomicUsize,
+    }
+
+    fn deliver(consumer: &Arc<Consumer>) -> Deliver {
+        let consumer = Arc::clone(consumer);
+        Arc::new(move |rows| {
+            let consumer = Arc::clone(&consumer);
+            Box::pin(async move {
+                if consumer.fail.load(Ordering::SeqCst) > 0 {
+                    consumer.fail.fetch_sub(1, Ordering::SeqCst);
+                    return Err("consumer down".to_owned());
+                }
+                consumer.batches.lock().unwrap().push(rows);
+                Ok(())
+            })
+        })
+    }
+
+    async fn store() -> (SchedulerStore, alp_runtime::testing::TestDatabase) {
+        let test_db = alp_runtime::testing::sqlite("scheduler");
+        let db = Database::connect(&test_db.config).await.unwrap();
+        db.migrate(crate::MIGRATIONS).await.unwrap();
+        (SchedulerStore::new(db), test_db)
+    }
+
+    /// A store, then paused time: the fast path never touches the database, and the pool's
+    /// timeouts must not run on a clock that jumps.
+    async fn store_then_pause() -> (SchedulerStore, alp_runtime::testing::TestDatabase) {
+        let store = store().await;
+        tokio::time::pause();
+        store
+    }
+
+    const SLOW: RelayConfig = RelayConfig {
+        max_batch: 500,
+        max_delay: Duration::from_secs(3600),
+        queue: 100,
+        fast_path_allowance: Duration::ZERO,
+        idle_poll: Duration::from_secs(3600),
+        delete_every: Duration::from_millis(250),
+    };
+
+    #[tokio::test]
+    async fn rows_of_the_moment_go_in_one_batch_after_the_delay() {
+        let (store, _db) = store_then_pause().await;
+        let consumer = Arc::new(Consumer::default());
+        let config = RelayConfig { max_delay: Duration::from_millis(50), ..SLOW };
+        let relay = Relay::new(crate::outbox::Consumer::Scoring, config, store, deliver(&consumer));
+        for n in 0..3u8 {
+            relay.send(i64::from(n), "ada", vec![n], false);
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(consumer.batches.lock().unwrap().is_empty(), "waiting for company");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(*consumer.batches.lock().unwrap(), vec![vec![vec![0], vec![1], vec![2]]]);
+    }
+
+    #[tokio::test]
+    async fn next_items_sends_the_learners_rows_at_once_and_waits_for_them() {
+        let (store, _db) = store_then_pause().await;
+        let consumer = Arc::new(Consumer::default());
+        let relay = Relay::new(crate::outbox::Consumer::Scoring, SLOW, store, deliver(&consumer));
+        relay.send(1, "ada", vec![1], true);
+        relay.send(2, "bob", vec![2], false);
+        let started = Instant::now();
+        // The delay is an hour: only the flush can deliver within the minute's bound.
+        relay.settled("ada", Duration::from_secs(60)).await;
+        assert!(started.elapsed() < Duration::from_secs(60), "settled by the flush, not the bound");
+        assert_eq!(*consumer.batches.lock().unwrap(), vec![vec![vec![1], vec![2]]]);
+        // Nobody else's rows to wait for; and a learner with none returns at once.
+        relay.settled("cy", Duration::from_secs(60)).await;
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_consumer_that_is_down_delays_the_wait_only_to_its_bound() {
+        let (store, _db) = store_then_pause().await;
+        let consumer = Arc::new(Consumer { fail: AtomicUsize::new(usize::MAX), ..Consumer::default() });
+        let relay = Relay::new(crate::outbox::Consumer::Scoring, SLOW, store, deliver(&consumer));
+        relay.send(1, "ada", vec![1], true);
+        let started = Instant::now();
+        relay.settled("ada", Duration::from_millis(200)).await;
+        // The failed delivery released the learner: the row is the sweeper's now.
+        assert!(started.elapsed() < Duration::from_millis(200));
+        assert!(consumer.batches.lock().unwrap().is_empty());
+    }
+
+    /// On the real clock, with short intervals: the sweeper and the deletes use the database.
+    #[tokio::test]
+    async fn the_sweeper_delivers_what_the_fast_path_could_not_and_deletes_it() {
+        let (store, _db) = store().await;
+        let row = |id: &str| crate::store::AttemptRow {
+            attempt_id: id.into(),
+            learner_id: "ada".into(),
+            course_id: "c".into(),
+            item_id: id.into(),
+            rating: 3,
+            correct: true,
+            response_ms: 0,
+            answer_ms: 0,
+            record_ms: 0,
+            stability: 1.0,
+            difficulty: 5.0,
+            due_ms: 0,
+            predicted_recall: 0.0,
+            predicted_success: 0.5,
+            mock_test_id: String::new(),
+        };
+        let memory = |id: &str| crate::store::MemoryRow {
+            item_id: id.into(),
+            course_id: "c".into(),
+            stability: 1.0,
+            difficulty: 5.0,
+            last_review_ms: 0,
+            due_ms: 0,
+            last_rating: 3,
+            review_count: 1,
+            lapse_count: 0,
+            phase: 2,
+            step: 0,
+            knowledge: None,
+        };
+        let scoring = crate::outbox::Consumer::Scoring;
+        for id in ["a1", "a2"] {
+            store.record(&row(id), &memory(id), &[(scoring, id.as_bytes().to_vec())]).await.unwrap();
+        }
+        // Down for the fast path's batch and the sweeper's first try.
+        let consumer = Arc::new(Consumer { fail: AtomicUsize::new(2), ..Consumer::default() });
+        let quick = RelayConfig { idle_poll: Duration::from_millis(20), delete_every: Duration::from_millis(20), ..SLOW };
+        let relay = Relay::new(scoring, quick, store.clone(), deliver(&consumer));
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(relay.clone().run(stop.clone()));
+        relay.send(1, "ada", b"a1".to_vec(), true);
+        relay.settled("ada", Duration::from_secs(1)).await;
+        for _ in 0..100 {
+            if store.outbox_depth(scoring).await.unwrap() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(store.outbox_depth(scoring).await.unwrap(), 0, "delivered, then deleted");
+        assert_eq!(*consumer.batches.lock().unwrap(), vec![vec![b"a1".to_vec(), b"a2".to_vec()]]);
+        stop.cancel();
+        running.await.unwrap();
+    }
+}
