@@ -1,6 +1,7 @@
 -- pgbench: the durable write of one SubmitAttempt, on the scheduler's own schema: the attempt
--- with its idempotency key, the learner's memory state upserted, the outbox row. Run with
--- fsync and synchronous_commit on, as the suite runs.
+-- with its idempotency key, the learner's memory state upserted, one outbox row for scoring and
+-- one for the user service. Run with fsync and synchronous_commit on, as the suite runs. (The
+-- suite sends it as one statement; this is the same writes in one transaction.)
 \set learner random_zipfian(1, 100000, 1.1)
 \set item random(1, 1000)
 BEGIN;
@@ -17,5 +18,6 @@ ON CONFLICT (learner_id, item_id) DO UPDATE SET
     due_time = excluded.due_time, last_rating = excluded.last_rating, review_count = m.review_count + 1,
     lapse_count = m.lapse_count + excluded.lapse_count, phase = excluded.phase, step = excluded.step,
     knowledge = excluded.knowledge;
-INSERT INTO outbox (attempt_id, event, create_time) VALUES ('x', '\x0a0178'::bytea, 1795000000000) RETURNING seq;
+INSERT INTO outbox (attempt_id, consumer, event, create_time)
+VALUES ('x', 'scoring', '\x0a0178'::bytea, 1795000000000), ('x', 'user', '\x0a0178'::bytea, 1795000000000) RETURNING seq;
 COMMIT;
