@@ -15,13 +15,13 @@ use alp_proto::content::v1::{
 use alp_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
 use alp_proto::scoring::v1::scoring_service_server::SERVICE_NAME as SCORING_SERVICE;
 use alp_proto::scoring::v1::{
-    ApplyAttemptsRequest, ApplyAttemptsResponse, EvaluateAttemptRequest, EvaluateAttemptResponse, RecordedAttempt,
+    ApplyAttemptsRequest, ApplyAttemptsResponse, EvaluateAttemptRequest, EvaluateAttemptResponse,
     ScoreCandidatesRequest, ScoreCandidatesResponse, SkillPrerequisites,
 };
 use alp_proto::user::v1::user_service_client::UserServiceClient;
 use alp_proto::user::v1::user_service_server::SERVICE_NAME as USER_SERVICE;
 use alp_proto::user::v1::{
-    GetLearnerRequest, GetLearnerResponse, Learner, ProgressEvent, RecordProgressRequest, RecordProgressResponse,
+    GetLearnerRequest, GetLearnerResponse, Learner, RecordProgressRequest, RecordProgressResponse,
 };
 use alp_runtime::batch::{BatchConfig, BatchError, Batcher};
 use alp_runtime::cache::Cache;
@@ -130,26 +130,8 @@ impl Downstreams {
     /// How the consumer's outbox rows reach it.
     pub fn deliver_to(&self, consumer: Consumer) -> Deliver {
         match consumer {
-            Consumer::Scoring => {
-                let rpc = self.apply_attempts.clone();
-                Arc::new(move |rows| {
-                    let rpc = rpc.clone();
-                    Box::pin(async move {
-                        let attempts = decode_rows::<RecordedAttempt>(&rows)?;
-                        rpc.call(ApplyAttemptsRequest { attempts }).await.map(drop).map_err(|e| e.to_string())
-                    })
-                })
-            }
-            Consumer::User => {
-                let rpc = self.record_progress.clone();
-                Arc::new(move |rows| {
-                    let rpc = rpc.clone();
-                    Box::pin(async move {
-                        let events = decode_rows::<ProgressEvent>(&rows)?;
-                        rpc.call(RecordProgressRequest { events }).await.map(drop).map_err(|e| e.to_string())
-                    })
-                })
-            }
+            Consumer::Scoring => deliver(self.apply_attempts.clone(), |attempts| ApplyAttemptsRequest { attempts }),
+            Consumer::User => deliver(self.record_progress.clone(), |events| RecordProgressRequest { events }),
         }
     }
 
@@ -307,6 +289,22 @@ pub fn retention_if_enrolled(
 
 pub fn choice_count(item: &Item) -> u32 {
     u32::try_from(item.choices.len()).unwrap_or(0)
+}
+
+/// Decodes outbox rows of message `M` and sends them in one `rpc` call.
+fn deliver<M, Req, Resp>(rpc: Rpc<Req, Resp>, request: fn(Vec<M>) -> Req) -> Deliver
+where
+    M: prost::Message + Default + 'static,
+    Req: Send + 'static,
+    Resp: Send + 'static,
+{
+    Arc::new(move |rows| {
+        let rpc = rpc.clone();
+        Box::pin(async move {
+            let messages = decode_rows::<M>(&rows)?;
+            rpc.call(request(messages)).await.map(drop).map_err(|e| e.to_string())
+        })
+    })
 }
 
 /// Outbox rows as the messages they encode; the scheduler wrote them, so a row that does not

@@ -10,6 +10,9 @@
 //! bulk a moment later; a crash before that only delivers them again. An outage of a consumer
 //! delays its rows; it never loses them.
 //!
+//! Rows reach a consumer in commit order, except that rows of a failed delivery come again after
+//! later ones; scoring then takes those answers in the order delivered.
+//!
 //! The learner's next NextItems must rank with their latest answer, which scoring learns from
 //! its batch: [`Relay::settled`] waits for the learner's rows on this replica's fast path,
 //! asking it to send at once.
@@ -454,7 +457,8 @@ mod tests {
         }
         // Down for the fast path's batch and the sweeper's first try.
         let consumer = Arc::new(Consumer { fail: AtomicUsize::new(2), ..Consumer::default() });
-        let quick = RelayConfig { idle_poll: Duration::from_millis(20), delete_every: Duration::from_millis(20), ..SLOW };
+        let quick =
+            RelayConfig { idle_poll: Duration::from_millis(20), delete_every: Duration::from_millis(20), ..SLOW };
         let relay = Relay::new(scoring, quick, store.clone(), deliver(&consumer));
         let stop = CancellationToken::new();
         let running = tokio::spawn(relay.clone().run(stop.clone()));
