@@ -16,7 +16,9 @@ use alp_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
 use alp_proto::scheduler::v1::submit_attempt_request::Outcome;
 use alp_proto::scheduler::v1::*;
 use alp_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
-use alp_proto::scoring::v1::{FitLearnerParametersRequest, GetLearnerModelRequest, PredictRecallRequest, RecallQuery};
+use alp_proto::scoring::v1::{
+    FitLearnerParametersRequest, GetLearnerModelRequest, ParameterFit, PredictRecallRequest, RecallQuery,
+};
 use alp_proto::user::v1::user_service_client::UserServiceClient;
 use alp_proto::user::v1::*;
 use alp_scoring::model::memory::{Card, DAY_MS, MINUTE_MS, MemoryModel};
@@ -217,9 +219,13 @@ async fn simulated_learners_practise_and_are_measured_over_grpc() {
 
 /// Days of a simulated learner's history through the scheduler, with answers dated in the past
 /// (as an offline client sends them): due items first, then up to `new_per_day` new ones. The
-/// learner remembers by FSRS-6 with their own parameters `truth`.
+/// learner remembers by FSRS-6 with their own parameters `truth`. At `fit_at` reviews it waits
+/// for scoring's background fit, which the history after it is scheduled with: scoring learns of
+/// answers from the scheduler's outbox, so without the wait how many answers go by before the fit
+/// lands would depend on the machine's speed.
 async fn study_history(
     scheduler: &mut SchedulerServiceClient<Channel>,
+    mut fit_at: Option<(usize, &mut ScoringServiceClient<Channel>)>,
     learner: &mut Simulated,
     truth: &MemoryModel,
     days: i64,
@@ -229,6 +235,7 @@ async fn study_history(
     // Per item: (the scheduler's due time, the learner's true memory).
     let mut studied: Vec<(String, i64, Card)> = Vec::new();
     let mut attempts = 0;
+    let mut reviews = 0;
     for day in 0..days {
         let mut now = start + day * DAY_MS;
         let mut new_today = 0;
@@ -260,6 +267,10 @@ async fn study_history(
             };
             let attempt = scheduler.submit_attempt(request).await.unwrap().into_inner().attempt.unwrap();
             let due_ms = alp_runtime::time::millis("due_time", &attempt.due_time.unwrap()).unwrap();
+            reviews += usize::from(prior.is_some());
+            if let Some((_, scoring)) = fit_at.as_mut().filter(|(at, _)| *at == reviews) {
+                wait_for_fit(scoring, &learner.id).await;
+            }
             let card = truth.review(prior.as_ref(), rating, now, 0.9, None).unwrap().card;
             match due {
                 Some(k) => studied[k] = (item_id, due_ms, card),
@@ -273,6 +284,22 @@ async fn study_history(
         }
     }
     attempts
+}
+
+/// Waits (bounded, 60 s) until scoring has fitted the learner's parameters; the fit.
+async fn wait_for_fit(scoring: &mut ScoringServiceClient<Channel>, learner_id: &str) -> ParameterFit {
+    let request = || GetLearnerModelRequest { learner_id: learner_id.into() };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let m = scoring.get_learner_model(request()).await.unwrap().into_inner().model.unwrap();
+            if let Some(fit) = m.last_fit {
+                return fit;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("a background fit")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,21 +322,11 @@ async fn a_learner_with_a_long_history_gets_memory_parameters_of_their_own() {
     assert!(!before.parameters_fitted && before.last_fit.is_none());
     assert_eq!(before.fsrs_parameters.len(), 21);
 
-    let attempts = study_history(&mut suite.scheduler, &mut learner, &truth, 150, 4).await;
+    // At 400 reviews scoring fits in the background by itself.
+    let fit_at = Some((400, &mut suite.scoring));
+    let attempts = study_history(&mut suite.scheduler, fit_at, &mut learner, &truth, 150, 4).await;
     assert!(attempts > 500, "{attempts} attempts");
-
-    // Past 400 reviews scoring fitted in the background by itself.
-    let background = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let m = suite.scoring.get_learner_model(model("veteran")).await.unwrap().into_inner().model.unwrap();
-            if let Some(fit) = m.last_fit {
-                return fit;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("a background fit");
+    let background = wait_for_fit(&mut suite.scoring, "veteran").await;
     assert!(background.reviews >= 400, "{background:?}");
 
     let fit = suite
