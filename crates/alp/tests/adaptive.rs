@@ -219,13 +219,13 @@ async fn simulated_learners_practise_and_are_measured_over_grpc() {
 
 /// Days of a simulated learner's history through the scheduler, with answers dated in the past
 /// (as an offline client sends them): due items first, then up to `new_per_day` new ones. The
-/// learner remembers by FSRS-6 with their own parameters `truth`. At `fit_at` reviews it waits
-/// for scoring's background fit, which the history after it is scheduled with: scoring learns of
-/// answers from the scheduler's outbox, so without the wait how many answers go by before the fit
-/// lands would depend on the machine's speed.
+/// learner remembers by FSRS-6 with their own parameters `truth`. At each of `fit_at`'s review
+/// counts it waits for scoring's background fit of that many reviews, which the history after it
+/// is scheduled with: scoring learns of answers from the scheduler's outbox, so without the wait
+/// how many answers go by before a fit lands would depend on the machine's speed.
 async fn study_history(
     scheduler: &mut SchedulerServiceClient<Channel>,
-    mut fit_at: Option<(usize, &mut ScoringServiceClient<Channel>)>,
+    mut fit_at: Option<(&[i64], &mut ScoringServiceClient<Channel>)>,
     learner: &mut Simulated,
     truth: &MemoryModel,
     days: i64,
@@ -235,7 +235,7 @@ async fn study_history(
     // Per item: (the scheduler's due time, the learner's true memory).
     let mut studied: Vec<(String, i64, Card)> = Vec::new();
     let mut attempts = 0;
-    let mut reviews = 0;
+    let mut reviews: i64 = 0;
     for day in 0..days {
         let mut now = start + day * DAY_MS;
         let mut new_today = 0;
@@ -267,9 +267,9 @@ async fn study_history(
             };
             let attempt = scheduler.submit_attempt(request).await.unwrap().into_inner().attempt.unwrap();
             let due_ms = alp_runtime::time::millis("due_time", &attempt.due_time.unwrap()).unwrap();
-            reviews += usize::from(prior.is_some());
-            if let Some((_, scoring)) = fit_at.as_mut().filter(|(at, _)| *at == reviews) {
-                wait_for_fit(scoring, &learner.id).await;
+            reviews += i64::from(prior.is_some());
+            if let Some((_, scoring)) = fit_at.as_mut().filter(|(at, _)| at.contains(&reviews)) {
+                wait_for_fit(scoring, &learner.id, reviews).await;
             }
             let card = truth.review(prior.as_ref(), rating, now, 0.9, None).unwrap().card;
             match due {
@@ -286,13 +286,14 @@ async fn study_history(
     attempts
 }
 
-/// Waits (bounded, 60 s) until scoring has fitted the learner's parameters; the fit.
-async fn wait_for_fit(scoring: &mut ScoringServiceClient<Channel>, learner_id: &str) -> ParameterFit {
+/// Waits (bounded, 60 s) until scoring has fitted the learner's parameters on at least
+/// `reviews` reviews; the fit.
+async fn wait_for_fit(scoring: &mut ScoringServiceClient<Channel>, learner_id: &str, reviews: i64) -> ParameterFit {
     let request = || GetLearnerModelRequest { learner_id: learner_id.into() };
     tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             let m = scoring.get_learner_model(request()).await.unwrap().into_inner().model.unwrap();
-            if let Some(fit) = m.last_fit {
+            if let Some(fit) = m.last_fit.filter(|f| f.reviews >= reviews) {
                 return fit;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -322,12 +323,12 @@ async fn a_learner_with_a_long_history_gets_memory_parameters_of_their_own() {
     assert!(!before.parameters_fitted && before.last_fit.is_none());
     assert_eq!(before.fsrs_parameters.len(), 21);
 
-    // At 400 reviews scoring fits in the background by itself.
-    let fit_at = Some((400, &mut suite.scoring));
+    // At 400 reviews scoring fits in the background by itself, and again at half as many more.
+    let fit_at = Some((&[400, 600][..], &mut suite.scoring));
     let attempts = study_history(&mut suite.scheduler, fit_at, &mut learner, &truth, 150, 4).await;
     assert!(attempts > 500, "{attempts} attempts");
-    let background = wait_for_fit(&mut suite.scoring, "veteran").await;
-    assert!(background.reviews >= 400, "{background:?}");
+    let background = wait_for_fit(&mut suite.scoring, "veteran", 600).await;
+    assert!(background.reviews >= 600, "{background:?}");
 
     let fit = suite
         .scoring
