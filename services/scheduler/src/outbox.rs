@@ -327,12 +327,12 @@ mod tests {
 
     /// The batches delivered so far; the first `fail` deliveries fail.
     #[derive(Default)]
-    struct Consumer {
+    struct Recipient {
         batches: Mutex<Vec<Vec<Vec<u8>>>>,
         fail: AtomicUsize,
     }
 
-    fn deliver(consumer: &Arc<Consumer>) -> Deliver {
+    fn deliver(consumer: &Arc<Recipient>) -> Deliver {
         let consumer = Arc::clone(consumer);
         Arc::new(move |rows| {
             let consumer = Arc::clone(&consumer);
@@ -374,9 +374,9 @@ mod tests {
     #[tokio::test]
     async fn rows_of_the_moment_go_in_one_batch_after_the_delay() {
         let (store, _db) = store_then_pause().await;
-        let consumer = Arc::new(Consumer::default());
+        let consumer = Arc::new(Recipient::default());
         let config = RelayConfig { max_delay: Duration::from_millis(50), ..SLOW };
-        let relay = Relay::new(crate::outbox::Consumer::Scoring, config, store, deliver(&consumer));
+        let relay = Relay::new(Consumer::Scoring, config, store, deliver(&consumer));
         for n in 0..3u8 {
             relay.send(i64::from(n), "ada", vec![n], false);
         }
@@ -389,8 +389,8 @@ mod tests {
     #[tokio::test]
     async fn next_items_sends_the_learners_rows_at_once_and_waits_for_them() {
         let (store, _db) = store_then_pause().await;
-        let consumer = Arc::new(Consumer::default());
-        let relay = Relay::new(crate::outbox::Consumer::Scoring, SLOW, store, deliver(&consumer));
+        let consumer = Arc::new(Recipient::default());
+        let relay = Relay::new(Consumer::Scoring, SLOW, store, deliver(&consumer));
         relay.send(1, "ada", vec![1], true);
         relay.send(2, "bob", vec![2], false);
         let started = Instant::now();
@@ -406,8 +406,8 @@ mod tests {
     #[tokio::test]
     async fn a_consumer_that_is_down_delays_the_wait_only_to_its_bound() {
         let (store, _db) = store_then_pause().await;
-        let consumer = Arc::new(Consumer { fail: AtomicUsize::new(usize::MAX), ..Consumer::default() });
-        let relay = Relay::new(crate::outbox::Consumer::Scoring, SLOW, store, deliver(&consumer));
+        let consumer = Arc::new(Recipient { fail: AtomicUsize::new(usize::MAX), ..Recipient::default() });
+        let relay = Relay::new(Consumer::Scoring, SLOW, store, deliver(&consumer));
         relay.send(1, "ada", vec![1], true);
         let started = Instant::now();
         relay.settled("ada", Duration::from_millis(200)).await;
@@ -451,12 +451,12 @@ mod tests {
             step: 0,
             knowledge: None,
         };
-        let scoring = crate::outbox::Consumer::Scoring;
+        let scoring = Consumer::Scoring;
         for id in ["a1", "a2"] {
             store.record(&row(id), &memory(id), &[(scoring, id.as_bytes().to_vec())]).await.unwrap();
         }
         // Down for the fast path's batch and the sweeper's first try.
-        let consumer = Arc::new(Consumer { fail: AtomicUsize::new(2), ..Consumer::default() });
+        let consumer = Arc::new(Recipient { fail: AtomicUsize::new(2), ..Recipient::default() });
         let quick =
             RelayConfig { idle_poll: Duration::from_millis(20), delete_every: Duration::from_millis(20), ..SLOW };
         let relay = Relay::new(scoring, quick, store.clone(), deliver(&consumer));

@@ -228,8 +228,8 @@ impl ScoringService for ScoringApi {
         let answer_ms = millis("answer_time", request.answer_time.as_ref().unwrap_or(&Default::default()))
             .map_err(ScoringError::from)?;
         let prior = prior(&request).map_err(ScoringError::from)?;
-        // The cached models: this writes nothing, and a retry must see what the first call saw
-        // closely enough that the scheduler's log, not this answer, is what counts.
+        // Cached models are enough: this writes nothing, and what counts is what the scheduler
+        // records of the answer.
         let (learner, calibration) = tokio::join!(
             self.caches.learner(&self.store, &request.learner_id),
             self.caches.calibration(&self.store, std::slice::from_ref(&request.item_id)),
