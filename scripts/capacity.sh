@@ -4,8 +4,9 @@
 # Everything runs on this machine: a release build of the four services as separate processes,
 # PostgreSQL with durable commits, a 6-node Redis Cluster, the data set loaded through the APIs,
 # then for each endpoint and the mix a stepped open-loop run up to saturation; side by side, the
-# bare references (a plain tonic fan-out of one Redis GET and three gRPC calls, and pgbench running
-# SubmitAttempt's transaction). Results: docs/capacity/*.json and *.svg, then docs/capacity.md.
+# bare references (a plain tonic fan-out of one Redis GET and three gRPC calls to upstream
+# processes, and pgbench running SubmitAttempt's transaction), and h2load's closed-loop saturation of
+# the fan-out and of NextItems beside the generator's. Results: docs/capacity/*.json and *.svg, then docs/capacity.md.
 #
 #   scripts/capacity.sh                  # the full run: about 65 minutes with the default 60 s steps
 #                                        # and 100k learners already loaded (the load: 11 minutes)
@@ -35,12 +36,18 @@ say() { printf '\n== %s\n' "$*" >&2; }
 mkdir -p "$work" "$results" "$work/logs"
 chmod 755 "$work"
 
+if ! command -v h2load >/dev/null 2>&1; then
+  say "installing h2load (Debian's nghttp2-client)"
+  apt-get install -y -qq nghttp2-client >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq nghttp2-client)
+fi
+
 say "release build"
 cargo build --release --quiet --bin alp
 alp=$root/target/release/alp
 
 # PostgreSQL, the Redis Cluster, and start_suite/stop_suite for the four services.
 source scripts/capacity/suite.sh
+source scripts/capacity/h2load.sh
 start_suite "$alp"
 shape=(--learners "$learners" --items "$items" --history-scale "$history")
 
@@ -68,18 +75,39 @@ for endpoint in $endpoints; do
     FROM (SELECT dbid, sum(calls) AS calls, sum(total_exec_time) AS exec_ms FROM pg_stat_statements GROUP BY dbid) s
     JOIN pg_database d ON d.oid = s.dbid WHERE d.datname LIKE 'alp_%'" >"$results/$endpoint-statements.json"
 done
+if [[ " $endpoints " == *" next-items "* ]]; then
+  stop_suite
+  start_suite "$alp"
+  h2load_probe next-items 127.0.0.1:50051 next-items
+fi
 
 # --- the bare references, in the same session -------------------------------------------------
-say "reference: plain tonic fan-out (1 Redis GET + 3 gRPC calls)"
-ALP_LOG=warn "$alp" bench reference --listen 127.0.0.1:50061 --redis-nodes "$redis_nodes" >"$work/logs/reference.log" 2>&1 &
-reference=$!
-pids+=($reference)
-until (exec 3<>/dev/tcp/127.0.0.1/50061) 2>/dev/null; do sleep 0.1; done
+# Three upstream processes, as NextItems calls user, content and scoring. The reference is started
+# afresh for each generator: an overloaded fred client may not come back (docs/performance.md).
+say "reference: plain tonic fan-out (1 Redis GET + 3 gRPC calls to upstream processes)"
 stop_suite
+upstreams=() upstream_pids=()
+for port in 50062 50063 50064; do
+  ALP_LOG=warn "$alp" bench upstream --listen "127.0.0.1:$port" >>"$work/logs/upstream.log" 2>&1 &
+  upstream_pids+=($!) upstreams+=("127.0.0.1:$port")
+done
+pids+=("${upstream_pids[@]}")
+start_reference() {
+  ALP_LOG=warn "$alp" bench reference --listen 127.0.0.1:50061 --upstreams "$(IFS=,; echo "${upstreams[*]}")" \
+    --redis-nodes "$redis_nodes" >>"$work/logs/reference.log" 2>&1 &
+  reference=$!
+  pids+=($reference)
+  until (exec 3<>/dev/tcp/127.0.0.1/50061) 2>/dev/null; do sleep 0.1; done
+}
+start_reference
+h2load_probe reference-fanout 127.0.0.1:50061 next-items
+kill "$reference"; wait "$reference" 2>/dev/null || true
+start_reference
 "$alp" load --endpoint next-items --scenario stress --rate 1000 --factor 1.4 --duration "$step" --warmup "$warmup" \
-  "${shape[@]}" --scheduler-addr 127.0.0.1:50061 --watch "reference=$reference" --watch "redis=$redis_pids" \
+  "${shape[@]}" --scheduler-addr 127.0.0.1:50061 --watch "reference=$reference" \
+  --watch "upstreams=$(IFS=,; echo "${upstream_pids[*]}")" --watch "redis=$redis_pids" \
   --quiet --out "$results/reference-fanout.json" || true
-kill "$reference"
+kill "$reference" "${upstream_pids[@]}"
 
 say "reference: pgbench, SubmitAttempt's transaction, 8 clients"
 pgbench_seconds=$(( $(echo "$step" | tr -dc 0-9) ))

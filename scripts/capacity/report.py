@@ -76,6 +76,7 @@ def cost(step, service):
 
 reports = {name: load(name) for name, _ in ENDPOINTS}
 fanout, pgbench = load("reference-fanout"), load("reference-pgbench")
+h2_fanout, h2_next = load("reference-fanout-h2load"), load("next-items-h2load")
 any_report = next((r for r in reports.values() if r), None)
 md = []
 w = md.append
@@ -166,17 +167,44 @@ for name, title in ENDPOINTS:
 
 if fanout:
     w("## The bare references\n")
-    w("The plain tonic fan-out (`alp bench reference`: one Redis GET, then three unary calls to three bare gRPC "
-      "servers in turn, five items back), driven by the same generator with NextItems requests:\n")
+    w("The plain tonic fan-out (`alp bench reference`: one GET through the services' Redis Cluster client, then "
+      "three unary calls in turn to three bare gRPC upstream processes, `alp bench upstream`; a reply of NextItems' "
+      "size, 1,096 bytes, built once), driven by the same generator with NextItems requests:\n")
     w(f"![bare fan-out](capacity/reference-fanout.svg)\n")
-    w("| step | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | late | reference CPU µs/request | generator cores |")
-    w("|---|---|---|---|---|---|---|---|---|")
+    w("| step | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | late | reference CPU µs/request | upstreams CPU µs/request | generator cores |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
     for s in fanout["steps"]:
         l = s["latency_ms"]
         errors = error_counts(s)
         w(f"| {s['target_rps']:,.0f}/s{' (invalid)' if s['invalid'] else ''} | {s['achieved_rps']:,.0f} | {l['p50']:.2f} | "
-          f"{l['p99']:.2f} | {l['p999']:.2f} | {errors} | {s['late_sends']} | {fmt(cost(s, 'reference'), 0)} | {s['generator_cpu_cores']:.2f} |")
+          f"{l['p99']:.2f} | {l['p999']:.2f} | {errors} | {s['late_sends']} | {fmt(cost(s, 'reference'), 0)} | {fmt(cost(s, 'upstreams'), 0)} | {s['generator_cpu_cores']:.2f} |")
     w("")
+if h2_fanout or h2_next:
+    w("## The generator against h2load\n")
+    w("h2load (Debian's nghttp2-client) is a closed-loop probe: 4 connections × 16 streams, one pre-framed request "
+      "(`alp load --write-body`: the first request of the run, so one learner's hot path) sent as fast as the answers "
+      "come back. It checks HTTP statuses only, so the same request is sent with curl before and after each probe "
+      "and its grpc-status is shown: a server answering errors fast would otherwise look fast.\n")
+    w("| target | h2load answers/s | grpc-status before / after | `alp load` saturation | `alp load` / h2load |")
+    w("|---|---|---|---|---|")
+    for title, probe, ours in (("bare fan-out", h2_fanout, fanout), ("NextItems", h2_next, reports.get("next-items"))):
+        if not probe:
+            continue
+        ratio = f"{ours['saturation_rps'] / probe['requests_per_s']:.0%}" if ours and probe["requests_per_s"] else "–"
+        if title == "bare fan-out":
+            ratio += " (target ≥ 90 %)"
+        sat = f"{ours['saturation_rps']:,.0f}/s" if ours else "–"
+        w(f"| {title} | {probe['requests_per_s']:,.0f} | {probe['grpc_status_before']} / {probe['grpc_status_after']} | {sat} | {ratio} |")
+    w("")
+    if fanout:
+        w("The generator's own cost on the bare fan-out, per step: its CPU (cores, and µs per answer) and its late sends "
+          "(> 1 ms behind the intended time; a valid step has under 0.1 %).\n")
+        w("| step | achieved/s | generator cores | generator µs/answer | late sends |")
+        w("|---|---|---|---|---|")
+        for s in fanout["steps"]:
+            per = s["generator_cpu_cores"] * 1e6 / s["achieved_rps"] if s["achieved_rps"] else 0
+            w(f"| {s['target_rps']:,.0f}/s | {s['achieved_rps']:,.0f} | {s['generator_cpu_cores']:.2f} | {per:,.0f} | {s['late_sends']:,} |")
+        w("")
 if pgbench:
     w(f"pgbench with SubmitAttempt's transaction (`scripts/capacity/attempt.sql`: the attempt with its idempotency "
       f"key, the memory-state upsert and the outbox row, on the scheduler's schema), {pgbench['clients']} clients, "

@@ -52,6 +52,8 @@ pub enum BenchCommand {
     /// Serves the bare fan-out reference (one Redis GET and three gRPC calls per NextItems) that
     /// docs/capacity.md sets NextItems against.
     Reference(alp_bench::reference::ReferenceArgs),
+    /// Serves a bare health service: one of the reference's upstream processes.
+    Upstream(alp_bench::reference::UpstreamArgs),
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +133,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => migrate(args).await,
         Command::Dataset(args) => alp_bench::dataset::run(&args).await,
         Command::Load(args) => {
+            if let Some(path) = &args.write_body {
+                println!("{}", alp_bench::load::write_body(&args, path)?);
+                return Ok(());
+            }
             let report = alp_bench::load::run(&args).await?;
             print!("{}", report.table());
             if let Some(out) = &args.out {
@@ -143,6 +149,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Reference(args)) => alp_bench::reference::run(&args).await,
+        Command::Bench(BenchCommand::Upstream(args)) => alp_bench::reference::upstream(&args).await,
         Command::Bench(BenchCommand::Quality(args)) => {
             let out = args.out.clone();
             tokio::task::spawn_blocking(move || alp_bench::quality::run(&args)).await??;

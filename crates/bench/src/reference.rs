@@ -1,7 +1,9 @@
 //! `alp bench reference`: the bare fan-out this hardware allows, to set NextItems against. A
 //! plain tonic server (no admission control, no breakers, no caches) answers NextItems with one
-//! Redis GET and three unary gRPC calls to three bare backends in turn, then returns five items
-//! of the size NextItems returns. The load generator drives it exactly as it drives the suite.
+//! GET through the services' own Redis Cluster client and three unary gRPC calls, in turn, to
+//! upstreams that run as processes of their own (`alp bench upstream`), as the suite's user,
+//! content and scoring do; the reply is built once, five items of the size NextItems returns.
+//! The load generator and h2load drive it exactly as they drive the suite.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use alp_runtime::redis::{Redis, RedisArgs};
 use alp_runtime::server::incoming;
 use anyhow::Context;
 use fred::interfaces::KeysInterface;
+use prost::Message;
 use tokio::net::TcpListener;
 use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status};
@@ -27,9 +30,23 @@ pub struct ReferenceArgs {
     /// Where the reference NextItems listens.
     #[arg(long, default_value = "127.0.0.1:50061")]
     pub listen: SocketAddr,
+    /// The upstreams called in turn per request, `host:port` (`alp bench upstream`), comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub upstreams: Vec<String>,
+    /// Encoded size of the reply in bytes: the suite's NextItems answered 5 items of the data set
+    /// in 1,096 (measured with curl on 2026-12-02).
+    #[arg(long, default_value_t = 1096)]
+    pub reply_bytes: usize,
     /// The Redis Cluster the GET goes to (required).
     #[command(flatten)]
     pub redis: RedisArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpstreamArgs {
+    /// Where the upstream's health service listens.
+    #[arg(long, default_value = "127.0.0.1:50062")]
+    pub listen: SocketAddr,
 }
 
 const ONLY_NEXT_ITEMS: &str = "the fan-out reference server answers NextItems only";
@@ -37,8 +54,8 @@ const ONLY_NEXT_ITEMS: &str = "the fan-out reference server answers NextItems on
 struct FanOut {
     redis: Redis,
     key: String,
-    backends: Vec<HealthClient<Channel>>,
-    prompt: String,
+    upstreams: Vec<HealthClient<Channel>>,
+    reply: NextItemsResponse,
 }
 
 #[tonic::async_trait]
@@ -47,20 +64,17 @@ impl SchedulerService for FanOut {
         let request = request.into_inner();
         let _cached: Option<String> =
             self.redis.pool().get(&self.key).await.map_err(|e| Status::unavailable(e.to_string()))?;
-        for backend in &self.backends {
-            backend.clone().check(HealthCheckRequest { service: String::new() }).await?;
+        for upstream in &self.upstreams {
+            upstream.clone().check(HealthCheckRequest { service: String::new() }).await?;
         }
-        let course = request.course_id.strip_prefix("course-").unwrap_or("000");
-        let items = (0..request.count.clamp(1, 50))
-            .map(|k| NextItem {
-                item_id: format!("c{course}-i{k:05}"),
-                prompt: self.prompt.clone(),
-                choices: vec!["bala".to_owned(), "kera".to_owned(), "pimo".to_owned(), "suda".to_owned()],
-                skill_ids: vec![format!("c{course}-s000")],
-                ..Default::default()
-            })
-            .collect();
-        Ok(Response::new(NextItemsResponse { items, ..Default::default() }))
+        // The items belong to the course asked for, as the generator checks.
+        let mut reply = self.reply.clone();
+        if let Some(course) = request.course_id.strip_prefix("course-").filter(|c| c.len() == 3 && c.is_ascii()) {
+            for item in &mut reply.items {
+                item.item_id.replace_range(1..4, course);
+            }
+        }
+        Ok(Response::new(reply))
     }
 
     async fn submit_attempt(
@@ -84,6 +98,43 @@ impl SchedulerService for FanOut {
     }
 }
 
+/// Five items (of course 000 until a request names its course), padded in their explanations
+/// to about `bytes` encoded (at most two past it; the smallest such reply when `bytes` is below).
+fn reply(bytes: usize) -> NextItemsResponse {
+    let item = |k: usize| NextItem {
+        item_id: format!("c000-i{k:05}"),
+        score: 0.5,
+        predicted_recall: 0.9,
+        predicted_success: 0.7,
+        prompt: "Bala kera pimo suda — tani rovu zeka mifo lune pasi?".to_owned(),
+        choices: ["bala", "kera", "pimo", "suda"].map(str::to_owned).to_vec(),
+        skill_ids: vec!["c000-s000".to_owned()],
+        ..Default::default()
+    };
+    let mut reply = NextItemsResponse { items: (0..5).map(item).collect(), ..Default::default() };
+    // Past the first character of each explanation, a character is a byte (a length prefix that
+    // grows a byte is the rare exception), so the reply lands on `bytes` or just past it.
+    for k in 0.. {
+        if reply.encoded_len() >= bytes {
+            break;
+        }
+        reply.items[k % 5].explanation.push('x');
+    }
+    reply
+}
+
+/// Serves a bare health service, one of the reference's upstreams, until Ctrl-C or SIGTERM.
+pub async fn upstream(args: &UpstreamArgs) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let (_, health) = tonic_health::server::health_reporter();
+    Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health)
+        .serve_with_incoming_shutdown(incoming(listener), alp_runtime::shutdown::signal())
+        .await?;
+    Ok(())
+}
+
 /// Serves the reference until Ctrl-C or SIGTERM.
 pub async fn run(args: &ReferenceArgs) -> anyhow::Result<()> {
     let config =
@@ -91,22 +142,34 @@ pub async fn run(args: &ReferenceArgs) -> anyhow::Result<()> {
     let redis = Redis::connect(&config, "reference").map_err(anyhow::Error::msg)?;
     let key = redis.key("{reference}:value");
     redis.pool().set::<(), _, _>(&key, "x".repeat(200), None, None, false).await.context("cannot write to Redis")?;
-    let mut backends = Vec::new();
-    for _ in 0..3 {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let address = listener.local_addr()?;
-        let (_, health) = tonic_health::server::health_reporter();
-        tokio::spawn(Server::builder().tcp_nodelay(true).add_service(health).serve_with_incoming(incoming(listener)));
-        backends.push(HealthClient::new(lazy_channel("backend", &address.to_string(), Duration::from_secs(1))?));
-    }
+    let upstreams = args
+        .upstreams
+        .iter()
+        .map(|address| Ok(HealthClient::new(lazy_channel("upstream", address, Duration::from_secs(1))?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(address = %args.listen, "fan-out reference listening");
-    let service =
-        FanOut { redis, key, backends, prompt: "Bala kera pimo suda — tani rovu zeka mifo lune pasi?".to_owned() };
+    let service = FanOut { redis, key, upstreams, reply: reply(args.reply_bytes) };
     Server::builder()
         .tcp_nodelay(true)
         .add_service(SchedulerServiceServer::new(service))
         .serve_with_incoming_shutdown(incoming(listener), alp_runtime::shutdown::signal())
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reply_has_the_size_asked_for() {
+        for bytes in [700, 777, 1096, 1500] {
+            let size = reply(bytes).encoded_len();
+            assert!((bytes..=bytes + 2).contains(&size), "asked for {bytes}, built {size}");
+        }
+        let smallest = reply(0).encoded_len();
+        assert_eq!(reply(smallest - 1).encoded_len(), smallest);
+        assert!(reply(1096).items.iter().all(|item| item.item_id.starts_with("c000-")));
+    }
 }

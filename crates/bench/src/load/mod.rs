@@ -92,6 +92,10 @@ pub struct LoadArgs {
     /// Where to write the JSON result; a stepped run's plot goes beside it (.svg).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Write the run's first request, gRPC-framed, to this file, print its method's path, and
+    /// send nothing: the body for h2load's `-d` (a fixed request, so one learner's hot path).
+    #[arg(long)]
+    pub write_body: Option<PathBuf>,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -174,6 +178,14 @@ impl LoadArgs {
             Scenario::Stress => Vec::new(),
         }
     }
+}
+
+/// Writes the first request of the run to `path` (see `--write-body`); returns its method's path.
+pub fn write_body(args: &LoadArgs, path: &std::path::Path) -> anyhow::Result<&'static str> {
+    let (method, body) =
+        Workload::new(args.dataset.clone(), args.endpoint, args.seed, "body".to_owned()).next_op().framed();
+    std::fs::write(path, body).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(method)
 }
 
 pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {

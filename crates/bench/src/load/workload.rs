@@ -8,6 +8,7 @@ use alp_proto::common::v1::Mode;
 use alp_proto::content::v1::{GetItemRequest, SearchItemsRequest};
 use alp_proto::scheduler::v1::{NextItemsRequest, SubmitAttemptRequest, submit_attempt_request};
 use alp_proto::user::v1::GetProgressRequest;
+use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -119,6 +120,23 @@ impl Op {
             Op::GetItem(_) => OpKind::GetItem,
             Op::SearchItems(_) => OpKind::SearchItems,
         }
+    }
+
+    /// The gRPC method's path and the request as one length-prefixed gRPC message, for a
+    /// generator that replays a fixed body (h2load's `-d`).
+    pub fn framed(&self) -> (&'static str, Vec<u8>) {
+        let (path, message) = match self {
+            Op::NextItems { request, .. } => ("/alp.scheduler.v1.SchedulerService/NextItems", request.encode_to_vec()),
+            Op::SubmitAttempt(r) => ("/alp.scheduler.v1.SchedulerService/SubmitAttempt", r.encode_to_vec()),
+            Op::GetProgress(r) => ("/alp.user.v1.UserService/GetProgress", r.encode_to_vec()),
+            Op::GetItem(r) => ("/alp.content.v1.ContentService/GetItem", r.encode_to_vec()),
+            Op::SearchItems(r) => ("/alp.content.v1.ContentService/SearchItems", r.encode_to_vec()),
+        };
+        let mut framed = Vec::with_capacity(message.len() + 5);
+        framed.push(0); // not compressed
+        framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
+        framed.extend_from_slice(&message);
+        (path, framed)
     }
 
     /// The request in a line, for the example kept of each kind of failure.
