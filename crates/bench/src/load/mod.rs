@@ -181,7 +181,7 @@ impl LoadArgs {
 }
 
 /// Writes the first request of the run to `path` (see `--write-body`); returns its method's path.
-pub fn write_body(args: &LoadArgs, path: &std::path::Path) -> anyhow::Result<&'static str> {
+pub fn write_body(args: &LoadArgs, path: &std::path::Path) -> anyhow::Result<String> {
     let (method, body) =
         Workload::new(args.dataset.clone(), args.endpoint, args.seed, "body".to_owned()).next_op().framed();
     std::fs::write(path, body).with_context(|| format!("cannot write {}", path.display()))?;

@@ -124,14 +124,18 @@ impl Op {
 
     /// The gRPC method's path and the request as one length-prefixed gRPC message, for a
     /// generator that replays a fixed body (h2load's `-d`).
-    pub fn framed(&self) -> (&'static str, Vec<u8>) {
-        let (path, message) = match self {
-            Op::NextItems { request, .. } => ("/alp.scheduler.v1.SchedulerService/NextItems", request.encode_to_vec()),
-            Op::SubmitAttempt(r) => ("/alp.scheduler.v1.SchedulerService/SubmitAttempt", r.encode_to_vec()),
-            Op::GetProgress(r) => ("/alp.user.v1.UserService/GetProgress", r.encode_to_vec()),
-            Op::GetItem(r) => ("/alp.content.v1.ContentService/GetItem", r.encode_to_vec()),
-            Op::SearchItems(r) => ("/alp.content.v1.ContentService/SearchItems", r.encode_to_vec()),
+    pub fn framed(&self) -> (String, Vec<u8>) {
+        use alp_proto::content::v1::content_service_server::SERVICE_NAME as CONTENT;
+        use alp_proto::scheduler::v1::scheduler_service_server::SERVICE_NAME as SCHEDULER;
+        use alp_proto::user::v1::user_service_server::SERVICE_NAME as USER;
+        let ((service, method), message) = match self {
+            Op::NextItems { request, .. } => ((SCHEDULER, "NextItems"), request.encode_to_vec()),
+            Op::SubmitAttempt(r) => ((SCHEDULER, "SubmitAttempt"), r.encode_to_vec()),
+            Op::GetProgress(r) => ((USER, "GetProgress"), r.encode_to_vec()),
+            Op::GetItem(r) => ((CONTENT, "GetItem"), r.encode_to_vec()),
+            Op::SearchItems(r) => ((CONTENT, "SearchItems"), r.encode_to_vec()),
         };
+        let path = format!("/{service}/{method}");
         let mut framed = Vec::with_capacity(message.len() + 5);
         framed.push(0); // not compressed
         framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
