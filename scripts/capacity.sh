@@ -103,7 +103,11 @@ start_reference
 h2load_probe reference-fanout 127.0.0.1:50061 next-items
 kill "$reference"; wait "$reference" 2>/dev/null || true
 start_reference
-"$alp" load --endpoint next-items --scenario stress --rate 1000 --factor 1.4 --duration "$step" --warmup "$warmup" \
+# The generator's steps are fractions of h2load's saturation, so the report reads at once whether
+# `alp load` reaches 90 % of it.
+h2load_rps=$(python3 -c "import json; print(json.load(open('$results/reference-fanout-h2load.json'))['requests_per_s'])")
+reference_rates=$(python3 -c "print(','.join(str(round($h2load_rps * f)) for f in (0.5, 0.7, 0.8, 0.9, 0.95, 1.0)))")
+"$alp" load --endpoint next-items --scenario steps --rates "$reference_rates" --duration "$step" --warmup "$warmup" \
   "${shape[@]}" --scheduler-addr 127.0.0.1:50061 --watch "reference=$reference" \
   --watch "upstreams=$(IFS=,; echo "${upstream_pids[*]}")" --watch "redis=$redis_pids" \
   --quiet --out "$results/reference-fanout.json" || true

@@ -259,8 +259,8 @@ if rows:
     late_steps = sum(1 for x in rows if x[1] >= 0.001)
     lag = sorted(x[2] for x in rows)
     w(f"`alp load` spent a median {per_request:.0f} µs of CPU per request over the {len(rows)} steps above (its "
-      f"tonic client, the pacing thread and the bookkeeping), so one core of generator sends about "
-      f"{1e6 / per_request:,.0f} requests per second. Its pacing thread runs at real-time priority; still "
+      f"HTTP/2 client, the pacing and the bookkeeping, on one sending thread), so one core of generator sends about "
+      f"{1e6 / per_request:,.0f} requests per second. The sending thread runs at real-time priority; still "
       f"{late_steps} of the {len(rows)} steps had 0.1 % or more of their sends over 1 ms late (send lag p99 from "
       f"{lag[0]:.2f} to {lag[-1]:.2f} ms), which marks them invalid: on two cores shared with eleven busy "
       "processes the generator is not always first to run. Latency is measured from the intended send time "

@@ -59,18 +59,19 @@ pub fn duration_millis(field: &str, d: &prost_types::Duration) -> Result<i64, Fi
         .ok_or_else(|| FieldViolation::new(field, "is too long"))
 }
 
-/// Parses `250ms`, `2s`, `5m`, `1h` (or a bare number of seconds) for flags and env.
+/// Parses `250us`, `250ms`, `2s`, `5m`, `1h` (or a bare number of seconds) for flags and env.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: f64 = number.parse().map_err(|_| format!("invalid duration {text:?}: expected e.g. 250ms, 2s, 5m"))?;
     let seconds = match unit.trim() {
+        "us" | "µs" => value / 1_000_000.0,
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("invalid duration unit {other:?}: use ms, s, m or h")),
+        other => return Err(format!("invalid duration unit {other:?}: use us, ms, s, m or h")),
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("invalid duration {text:?}: {e}"))
 }

@@ -1,20 +1,23 @@
-//! The open loop: a thread of its own sends request `i` of a phase at `start + i / rate` whatever
-//! the answers are doing, and each answer's latency is measured from that intended time, so a
-//! slow server shows as latency rather than as a generator that quietly slowed down.
+//! The open loop: request `i` of a phase goes out at `start + i / rate` whatever the answers are
+//! doing, and each answer's latency is measured from that intended time, so a slow server shows
+//! as latency rather than as a generator that quietly slowed down.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use hdrhistogram::Histogram;
 use tokio::runtime::Handle;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::grpc::LoadClients;
 use super::observe::{Sample, Watch};
+use super::timer::PreciseTimer;
 use super::workload::{Failure, OpKind, Workload};
-use crate::target::Clients;
+use crate::target::TargetArgs;
 
 /// A send later than this after its intended time counts as late: the generator fell behind.
 pub const LATE_AFTER: Duration = Duration::from_millis(1);
@@ -136,12 +139,14 @@ impl PhaseStats {
     }
 }
 
-/// Everything the pacing thread needs.
+/// What every lane shares.
 #[derive(Debug, Clone)]
-pub struct Pacer {
-    pub handle: Handle,
-    pub clients: Vec<Clients>,
+pub struct Shared {
+    /// The caller's runtime, where the watched processes are sampled.
+    pub main: Handle,
     pub timeout: Duration,
+    /// The shortest time between two wake-ups of a lane (see `--send-window`).
+    pub send_window: Duration,
     /// Bounds requests in flight; a send that finds none free waits (and is late).
     pub in_flight: Arc<Semaphore>,
     pub watch: Arc<Watch>,
@@ -149,59 +154,180 @@ pub struct Pacer {
     pub current: Arc<AtomicUsize>,
 }
 
-impl Pacer {
-    /// Sends the phases back to back on the calling (blocking) thread; returns when the last
-    /// request has been sent, not answered.
-    pub fn run(&self, phases: &[Arc<PhaseStats>], workload: &mut Workload) {
+/// A run's phases for a lane, and where to say it has sent its share.
+struct Command {
+    phases: Vec<Arc<PhaseStats>>,
+    start: Instant,
+    sent: oneshot::Sender<()>,
+}
+
+/// The senders: each lane is a thread with a single-threaded runtime, its own connections and
+/// its own request stream, and sends every `lanes`-th request of the schedule. Pacing, sending
+/// and reading answers share the thread, so no request crosses threads and one wake-up serves
+/// whatever is due (see `timer.rs`). The lanes live as long as the run, connections included.
+#[derive(Debug)]
+pub struct Lanes {
+    lanes: Vec<mpsc::UnboundedSender<Command>>,
+}
+
+impl Lanes {
+    /// Starts `workloads.len()` lanes; `connections` are dealt among them (at least one each).
+    ///
+    /// # Errors
+    /// When a lane cannot start its runtime, timer or clients.
+    pub fn start(
+        target: &TargetArgs,
+        connections: usize,
+        workloads: Vec<Workload>,
+        shared: &Shared,
+    ) -> anyhow::Result<Self> {
+        let count = workloads.len();
+        let mut lanes = Vec::with_capacity(count);
+        for (index, workload) in workloads.into_iter().enumerate() {
+            let (commands, receiver) = mpsc::unbounded_channel();
+            let (ready, started) = std::sync::mpsc::channel();
+            let lane = Lane {
+                index,
+                count,
+                connections: (index..connections.max(count)).step_by(count).count(),
+                target: target.clone(),
+                shared: shared.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("alp-load-{index}"))
+                .spawn(move || lane.run(workload, receiver, ready))
+                .context("cannot start a sending thread")?;
+            started.recv().context("a sending thread ended while starting")??;
+            lanes.push(commands);
+        }
+        Ok(Self { lanes })
+    }
+
+    /// Sends the phases back to back from `start`; returns when every lane has sent its share,
+    /// not when the answers are in.
+    pub async fn send(&self, phases: &[Arc<PhaseStats>]) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let mut sent = Vec::with_capacity(self.lanes.len());
+        for lane in &self.lanes {
+            let (done, wait) = oneshot::channel();
+            lane.send(Command { phases: phases.to_vec(), start, sent: done })
+                .map_err(|_| anyhow::anyhow!("a sending thread has stopped"))?;
+            sent.push(wait);
+        }
+        for wait in sent {
+            wait.await.context("a sending thread stopped during the run")?;
+        }
+        Ok(())
+    }
+}
+
+struct Lane {
+    index: usize,
+    count: usize,
+    connections: usize,
+    target: TargetArgs,
+    shared: Shared,
+}
+
+impl Lane {
+    fn run(
+        self,
+        mut workload: Workload,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
+    ) {
         raise_priority();
-        let mut start = Instant::now();
+        // Timers and answers are looked at every 16 tasks rather than 61, so a busy lane still
+        // sends on time.
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().event_interval(16).build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                let _ = ready.send(Err(anyhow::Error::new(error).context("cannot start a sending runtime")));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let started = (|| {
+                let clients = (0..self.connections)
+                    .map(|_| LoadClients::new(&self.target))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let timer = PreciseTimer::new().context("cannot create a timer")?;
+                Ok::<_, anyhow::Error>((clients, timer))
+            })();
+            let (clients, timer) = match started {
+                Ok(started) => {
+                    let _ = ready.send(Ok(()));
+                    started
+                }
+                Err(error) => {
+                    let _ = ready.send(Err(error));
+                    return;
+                }
+            };
+            while let Some(command) = commands.recv().await {
+                self.send(&command, &clients, &timer, &mut workload).await;
+                let _ = command.sent.send(());
+            }
+        });
+    }
+
+    /// Sends this lane's share of the phases; answers are recorded by the tasks it spawns.
+    async fn send(&self, command: &Command, clients: &[LoadClients], timer: &PreciseTimer, workload: &mut Workload) {
+        let shared = &self.shared;
+        let mut start = command.start;
         let mut next_client = 0;
-        for (index, stats) in phases.iter().enumerate() {
-            self.current.store(index, Ordering::Relaxed);
-            let watch = self.watch.clone();
-            let begin = self.handle.spawn(async move { watch.sample().await });
-            for i in 0..stats.phase.requests() {
+        let mut woke = Instant::now();
+        for (index, stats) in command.phases.iter().enumerate() {
+            let begin = (self.index == 0).then(|| {
+                shared.current.store(index, Ordering::Relaxed);
+                let watch = shared.watch.clone();
+                shared.main.spawn(async move { watch.sample().await })
+            });
+            for i in (self.index as u64..stats.phase.requests()).step_by(self.count) {
                 let intended = start + stats.phase.offset(i);
                 let op = workload.next_op();
-                let now = Instant::now();
-                if intended > now {
-                    std::thread::sleep(intended - now);
+                // A wake-up's sends share a connection, so they leave in one write.
+                if intended > Instant::now() {
+                    if let Err(error) = timer.sleep_until(intended.max(woke + shared.send_window)).await {
+                        tracing::warn!(%error, "the send timer failed; sending at once");
+                    }
+                    woke = Instant::now();
+                    next_client = (next_client + 1) % clients.len();
                 }
-                let permit = match self.in_flight.clone().try_acquire_owned() {
+                let permit = match shared.in_flight.clone().try_acquire_owned() {
                     Ok(permit) => permit,
-                    Err(_) => match self.handle.block_on(self.in_flight.clone().acquire_owned()) {
+                    Err(_) => match shared.in_flight.clone().acquire_owned().await {
                         Ok(permit) => permit,
                         Err(_) => return,
                     },
                 };
                 stats.sent(intended.elapsed());
-                let clients = self.clients[next_client].clone();
-                next_client = (next_client + 1) % self.clients.len();
-                let (stats, timeout) = (stats.clone(), self.timeout);
-                self.handle.spawn(async move {
+                let client = clients[next_client].clone();
+                let (stats, timeout) = (stats.clone(), shared.timeout);
+                tokio::spawn(async move {
                     let kind = op.kind();
-                    let outcome = op.send(&clients, timeout).await;
+                    let outcome = op.send(&client, timeout).await;
                     stats.record(kind, intended.elapsed(), outcome);
                     drop(permit);
                 });
             }
             start += stats.phase.duration;
-            let now = Instant::now();
-            if start > now {
-                std::thread::sleep(start - now);
+            let _ = timer.sleep_until(start).await;
+            if let Some(begin) = begin {
+                let watch = shared.watch.clone();
+                let end = shared.main.spawn(async move { watch.sample().await });
+                stats.samples.lock().unwrap_or_else(PoisonError::into_inner).extend([begin, end]);
             }
-            let watch = self.watch.clone();
-            let end = self.handle.spawn(async move { watch.sample().await });
-            stats.samples.lock().unwrap_or_else(PoisonError::into_inner).extend([begin, end]);
         }
     }
 }
 
 /// On a machine whose cores the suite keeps busy, an ordinary thread waking from its sleep can
-/// wait milliseconds for a core, and every send behind it is late. The pacing thread asks for a
-/// real-time (FIFO) priority, else a higher nice value, through util-linux (root or CAP_SYS_NICE);
-/// it sleeps between sends, so it takes little from the suite. Without either, it runs as it is
-/// and late sends say so.
+/// wait milliseconds for a core, and every send behind it is late. Each lane asks for a
+/// real-time (FIFO) priority, else a higher nice value, through util-linux (root or CAP_SYS_NICE).
+/// Its work is bounded by the rate asked for, so this changes the order the cores serve the
+/// processes in, not how much the suite gets. Without either, it runs as it is and late sends
+/// say so.
 fn raise_priority() {
     static WARNED: std::sync::Once = std::sync::Once::new();
     // "/proc/thread-self" links to "<pid>/task/<tid>".

@@ -5,17 +5,18 @@
 use std::fmt;
 
 use alp_proto::common::v1::Mode;
-use alp_proto::content::v1::{GetItemRequest, SearchItemsRequest};
-use alp_proto::scheduler::v1::{NextItemsRequest, SubmitAttemptRequest, submit_attempt_request};
-use alp_proto::user::v1::GetProgressRequest;
+use alp_proto::content::v1::{GetItemRequest, GetItemResponse, SearchItemsRequest, SearchItemsResponse};
+use alp_proto::scheduler::v1::{
+    NextItemsRequest, NextItemsResponse, SubmitAttemptRequest, SubmitAttemptResponse, submit_attempt_request,
+};
+use alp_proto::user::v1::{GetProgressRequest, GetProgressResponse};
 use prost::Message;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use tonic::Request;
 
+use super::grpc::LoadClients;
 use crate::dataset::spec::{DatasetSpec, LEARNER_ZIPF_EXPONENT, Zipf, search_word};
-use crate::target::Clients;
 
 /// What a run sends: one endpoint alone, or the mixed workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -122,25 +123,32 @@ impl Op {
         }
     }
 
+    /// The gRPC method's path (the tests hold these to the generated service names).
+    pub fn path(&self) -> &'static str {
+        match self {
+            Op::NextItems { .. } => "/alp.scheduler.v1.SchedulerService/NextItems",
+            Op::SubmitAttempt(_) => "/alp.scheduler.v1.SchedulerService/SubmitAttempt",
+            Op::GetProgress(_) => "/alp.user.v1.UserService/GetProgress",
+            Op::GetItem(_) => "/alp.content.v1.ContentService/GetItem",
+            Op::SearchItems(_) => "/alp.content.v1.ContentService/SearchItems",
+        }
+    }
+
     /// The gRPC method's path and the request as one length-prefixed gRPC message, for a
     /// generator that replays a fixed body (h2load's `-d`).
     pub fn framed(&self) -> (String, Vec<u8>) {
-        use alp_proto::content::v1::content_service_server::SERVICE_NAME as CONTENT;
-        use alp_proto::scheduler::v1::scheduler_service_server::SERVICE_NAME as SCHEDULER;
-        use alp_proto::user::v1::user_service_server::SERVICE_NAME as USER;
-        let ((service, method), message) = match self {
-            Op::NextItems { request, .. } => ((SCHEDULER, "NextItems"), request.encode_to_vec()),
-            Op::SubmitAttempt(r) => ((SCHEDULER, "SubmitAttempt"), r.encode_to_vec()),
-            Op::GetProgress(r) => ((USER, "GetProgress"), r.encode_to_vec()),
-            Op::GetItem(r) => ((CONTENT, "GetItem"), r.encode_to_vec()),
-            Op::SearchItems(r) => ((CONTENT, "SearchItems"), r.encode_to_vec()),
+        let message = match self {
+            Op::NextItems { request, .. } => request.encode_to_vec(),
+            Op::SubmitAttempt(r) => r.encode_to_vec(),
+            Op::GetProgress(r) => r.encode_to_vec(),
+            Op::GetItem(r) => r.encode_to_vec(),
+            Op::SearchItems(r) => r.encode_to_vec(),
         };
-        let path = format!("/{service}/{method}");
         let mut framed = Vec::with_capacity(message.len() + 5);
         framed.push(0); // not compressed
         framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
         framed.extend_from_slice(&message);
-        (path, framed)
+        (self.path().to_owned(), framed)
     }
 
     /// The request in a line, for the example kept of each kind of failure.
@@ -163,16 +171,9 @@ impl Op {
     }
 
     /// Sends the request and checks the answer: Ok, or what went wrong.
-    pub async fn send(self, clients: &Clients, timeout: std::time::Duration) -> Result<(), Failure> {
-        fn request<T>(message: T, timeout: std::time::Duration) -> Request<T> {
-            let mut request = Request::new(message);
-            request.set_timeout(timeout);
-            request
-        }
+    pub async fn send(self, clients: &LoadClients, timeout: std::time::Duration) -> Result<(), Failure> {
         fn code(status: tonic::Status) -> Failure {
             let kind = match status.code() {
-                // tonic reports its own client-side deadline as CANCELLED.
-                tonic::Code::Cancelled if status.message().contains("Timeout expired") => "DeadlineExceeded".to_owned(),
                 // Transport failures: say which.
                 tonic::Code::Unknown | tonic::Code::Internal => {
                     let message: String = status.message().chars().take(60).collect();
@@ -182,72 +183,60 @@ impl Op {
             };
             Failure { kind, detail: status.message().to_owned() }
         }
-        let what = self.describe();
-        match self {
-            Op::NextItems { request: message, course_prefix } => {
-                let mode = message.mode;
-                let response =
-                    clients.scheduler.clone().next_items(request(message, timeout)).await.map_err(code)?.into_inner();
+        let path = self.path();
+        let invalid = |kind: &str| Failure::invalid(kind, &self.describe());
+        match &self {
+            Op::NextItems { request, course_prefix } => {
+                let response: NextItemsResponse =
+                    clients.scheduler.unary(path, request, timeout).await.map_err(code)?;
                 if response.degraded {
-                    return Err(Failure::invalid("invalid: degraded", &what));
+                    return Err(invalid("invalid: degraded"));
                 }
                 // Review answers only what is due, which may be nothing.
-                if response.items.is_empty() && mode != Mode::Review as i32 {
-                    return Err(Failure::invalid("invalid: no items", &what));
+                if response.items.is_empty() && request.mode != Mode::Review as i32 {
+                    return Err(invalid("invalid: no items"));
                 }
-                if response.items.iter().any(|item| !item.item_id.starts_with(&course_prefix)) {
-                    return Err(Failure::invalid("invalid: item of another course", &what));
+                if response.items.iter().any(|item| !item.item_id.starts_with(course_prefix.as_str())) {
+                    return Err(invalid("invalid: item of another course"));
                 }
                 Ok(())
             }
-            Op::SubmitAttempt(message) => {
-                let attempt_id = message.attempt_id.clone();
-                let response = clients
-                    .scheduler
-                    .clone()
-                    .submit_attempt(request(message, timeout))
-                    .await
-                    .map_err(code)?
-                    .into_inner();
+            Op::SubmitAttempt(request) => {
+                let response: SubmitAttemptResponse =
+                    clients.scheduler.unary(path, request, timeout).await.map_err(code)?;
                 match response.attempt {
-                    Some(attempt) if attempt.attempt_id == attempt_id && !response.duplicate => Ok(()),
-                    Some(_) if response.duplicate => {
-                        Err(Failure::invalid("invalid: new attempt answered as duplicate", &what))
-                    }
-                    _ => Err(Failure::invalid("invalid: another attempt", &what)),
+                    Some(attempt) if attempt.attempt_id == request.attempt_id && !response.duplicate => Ok(()),
+                    Some(_) if response.duplicate => Err(invalid("invalid: new attempt answered as duplicate")),
+                    _ => Err(invalid("invalid: another attempt")),
                 }
             }
-            Op::GetProgress(message) => {
-                let learner_id = message.learner_id.clone();
-                let response =
-                    clients.user.clone().get_progress(request(message, timeout)).await.map_err(code)?.into_inner();
-                if response.learner_id != learner_id {
-                    return Err(Failure::invalid("invalid: another learner's progress", &what));
+            Op::GetProgress(request) => {
+                let response: GetProgressResponse = clients.user.unary(path, request, timeout).await.map_err(code)?;
+                if response.learner_id != request.learner_id {
+                    return Err(invalid("invalid: another learner's progress"));
                 }
                 Ok(())
             }
-            Op::GetItem(message) => {
-                let item_id = message.item_id.clone();
-                let response = clients.content.clone().get_item(request(message, timeout)).await.map_err(code)?;
-                match response.into_inner().item {
-                    Some(item) if item.item_id == item_id => Ok(()),
-                    _ => Err(Failure::invalid("invalid: another item", &what)),
+            Op::GetItem(request) => {
+                let response: GetItemResponse = clients.content.unary(path, request, timeout).await.map_err(code)?;
+                match response.item {
+                    Some(item) if item.item_id == request.item_id => Ok(()),
+                    _ => Err(invalid("invalid: another item")),
                 }
             }
-            Op::SearchItems(message) => {
-                let (course_id, page_size) = (message.course_id.clone(), message.page_size);
-                let response =
-                    clients.content.clone().search_items(request(message, timeout)).await.map_err(code)?.into_inner();
-                if response.hits.len() > page_size as usize {
-                    return Err(Failure::invalid("invalid: more hits than the page size", &what));
+            Op::SearchItems(request) => {
+                let response: SearchItemsResponse =
+                    clients.content.unary(path, request, timeout).await.map_err(code)?;
+                if response.hits.len() > request.page_size as usize {
+                    return Err(invalid("invalid: more hits than the page size"));
                 }
                 let foreign = response
                     .hits
                     .iter()
                     .filter_map(|hit| hit.item.as_ref())
-                    .any(|item| !course_id.is_empty() && item.course_id != course_id);
+                    .any(|item| !request.course_id.is_empty() && item.course_id != request.course_id);
                 if foreign {
-                    return Err(Failure::invalid("invalid: hit outside the course filter", &what));
+                    return Err(invalid("invalid: hit outside the course filter"));
                 }
                 Ok(())
             }
@@ -459,6 +448,23 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    #[test]
+    fn paths_name_the_generated_services() {
+        use alp_proto::content::v1::content_service_server::SERVICE_NAME as CONTENT;
+        use alp_proto::scheduler::v1::scheduler_service_server::SERVICE_NAME as SCHEDULER;
+        use alp_proto::user::v1::user_service_server::SERVICE_NAME as USER;
+        let ops = [
+            (Op::NextItems { request: Default::default(), course_prefix: String::new() }, SCHEDULER, "NextItems"),
+            (Op::SubmitAttempt(Default::default()), SCHEDULER, "SubmitAttempt"),
+            (Op::GetProgress(Default::default()), USER, "GetProgress"),
+            (Op::GetItem(Default::default()), CONTENT, "GetItem"),
+            (Op::SearchItems(Default::default()), CONTENT, "SearchItems"),
+        ];
+        for (op, service, method) in ops {
+            assert_eq!(op.path(), format!("/{service}/{method}"));
+        }
+    }
 
     #[test]
     fn the_mix_follows_the_plan() {
