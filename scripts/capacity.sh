@@ -92,6 +92,14 @@ for port in 50062 50063 50064; do
   upstream_pids+=($!) upstreams+=("127.0.0.1:$port")
 done
 pids+=("${upstream_pids[@]}")
+for port in 50062 50063 50064; do
+  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    for p in "${upstream_pids[@]}"; do
+      kill -0 "$p" 2>/dev/null || { say "an upstream did not start: $work/logs/upstream.log"; exit 1; }
+    done
+    sleep 0.1
+  done
+done
 start_reference() {
   ALP_LOG=warn "$alp" bench reference --listen 127.0.0.1:50061 --upstreams "$(IFS=,; echo "${upstreams[*]}")" \
     --redis-nodes "$redis_nodes" >>"$work/logs/reference.log" 2>&1 &

@@ -120,7 +120,7 @@ for name, title in ENDPOINTS:
         continue
     half = near_half(r)
     ref, fraction = "", ""
-    if name == "next-items" and fanout:
+    if name == "next-items" and fanout and fanout["saturation_rps"]:
         ref = f"bare fan-out: {fanout['saturation_rps']:,.0f}/s"
         fraction = f"{r['saturation_rps'] / fanout['saturation_rps']:.0%} (target ≥ 80 %)"
     if name == "submit-attempt" and pgbench:
@@ -190,9 +190,12 @@ if h2_fanout or h2_next:
     for title, probe, ours in (("bare fan-out", h2_fanout, fanout), ("NextItems", h2_next, reports.get("next-items"))):
         if not probe:
             continue
+        answered = probe["grpc_status_before"] == "0" and probe["grpc_status_after"] == "0"
         ratio = f"{ours['saturation_rps'] / probe['requests_per_s']:.0%}" if ours and probe["requests_per_s"] else "–"
         if title == "bare fan-out":
             ratio += " (target ≥ 90 %)"
+        if not answered:
+            ratio = "– (h2load's request was answered with an error: its rate is not a saturation)"
         sat = f"{ours['saturation_rps']:,.0f}/s" if ours else "–"
         w(f"| {title} | {probe['requests_per_s']:,.0f} | {probe['grpc_status_before']} / {probe['grpc_status_after']} | {sat} | {ratio} |")
     w("")
