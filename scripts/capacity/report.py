@@ -263,9 +263,9 @@ if rows:
     lag = sorted(x[2] for x in rows)
     w(f"`alp load` spent a median {per_request:.0f} µs of CPU per request over the {len(rows)} steps above (its "
       f"HTTP/2 client, the pacing and the bookkeeping, on one sending thread), so one core of generator sends about "
-      f"{1e6 / per_request:,.0f} requests per second. The sending thread runs at real-time priority; still "
-      f"{late_steps} of the {len(rows)} steps had 0.1 % or more of their sends over 1 ms late (send lag p99 from "
-      f"{lag[0]:.2f} to {lag[-1]:.2f} ms), which marks them invalid: on two cores shared with eleven busy "
+      f"{1e6 / per_request:,.0f} requests per second. The sending thread runs at real-time priority; "
+      f"{late_steps} of the {len(rows)} steps had 0.1 % or more of their sends over 1 ms late, which marks a "
+      f"step invalid (send lag p99 from {lag[0]:.2f} to {lag[-1]:.2f} ms): on two cores shared with eleven busy "
       "processes the generator is not always first to run. Latency is measured from the intended send time "
       "either way, so late sends add to the latencies above rather than hide them.\n")
 target.write_text("\n".join(md) + "\n")
