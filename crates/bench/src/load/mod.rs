@@ -209,7 +209,6 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     let run_id = format!("{:x}", started.as_millis());
     // Addresses are checked here, before any thread starts.
     grpc::LoadClients::new(&args.target)?;
-    let lanes = args.lanes as usize;
     let slo = args.slo_p99.map_or(args.endpoint.default_slo_ms(), |d| d.as_secs_f64() * 1000.0);
     let mut report = LoadReport {
         endpoint: args.endpoint,
@@ -218,7 +217,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         dataset: args.dataset.clone(),
         slo_p99_ms: slo,
         timeout_ms: args.timeout.as_secs_f64() * 1000.0,
-        connections: (args.connections as usize).max(lanes),
+        connections: 0,
         machine: crate::machine(),
         started_unix_s: started.as_secs(),
         steps: Vec::new(),
@@ -233,13 +232,14 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         watch: Arc::new(Watch { processes: args.watch.clone(), metrics: args.metrics.clone() }),
         current: Arc::new(AtomicUsize::new(0)),
     };
-    let workloads = (0..lanes)
+    let workloads = (0..args.lanes)
         .map(|lane| {
-            let seed = args.seed.wrapping_add((lane as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let seed = args.seed.wrapping_add(u64::from(lane).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             Workload::new(args.dataset.clone(), args.endpoint, seed, format!("{run_id}-{lane}"))
         })
         .collect();
     let senders = Lanes::start(&args.target, args.connections as usize, workloads, &shared)?;
+    report.connections = senders.connections();
     let mut runs = args.phases();
     let planned: Duration = runs.iter().flatten().map(|p| p.duration).sum();
     let bar = progress_bar(args.quiet, planned);

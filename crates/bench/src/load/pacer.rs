@@ -168,6 +168,8 @@ struct Command {
 #[derive(Debug)]
 pub struct Lanes {
     lanes: Vec<mpsc::UnboundedSender<Command>>,
+    /// Connections to each service, over all lanes.
+    connections: usize,
 }
 
 impl Lanes {
@@ -182,6 +184,7 @@ impl Lanes {
         shared: &Shared,
     ) -> anyhow::Result<Self> {
         let count = workloads.len();
+        let connections = connections.max(count);
         let mut lanes = Vec::with_capacity(count);
         for (index, workload) in workloads.into_iter().enumerate() {
             let (commands, receiver) = mpsc::unbounded_channel();
@@ -189,7 +192,7 @@ impl Lanes {
             let lane = Lane {
                 index,
                 count,
-                connections: (index..connections.max(count)).step_by(count).count(),
+                connections: (index..connections).step_by(count).count(),
                 target: target.clone(),
                 shared: shared.clone(),
             };
@@ -200,7 +203,12 @@ impl Lanes {
             started.recv().context("a sending thread ended while starting")??;
             lanes.push(commands);
         }
-        Ok(Self { lanes })
+        Ok(Self { lanes, connections })
+    }
+
+    /// Connections to each service, over all lanes.
+    pub fn connections(&self) -> usize {
+        self.connections
     }
 
     /// Sends the phases back to back from `start`; returns when every lane has sent its share,
