@@ -62,8 +62,8 @@ struct FanOut {
 impl SchedulerService for FanOut {
     async fn next_items(&self, request: Request<NextItemsRequest>) -> Result<Response<NextItemsResponse>, Status> {
         let request = request.into_inner();
-        let _cached: Option<String> =
-            self.redis.pool().get(&self.key).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let cached = async { self.redis.admit()?.get::<Option<String>, _>(&self.key).await };
+        cached.await.map_err(|e| Status::unavailable(e.to_string()))?;
         for upstream in &self.upstreams {
             upstream.clone().check(HealthCheckRequest { service: String::new() }).await?;
         }
@@ -141,7 +141,7 @@ pub async fn run(args: &ReferenceArgs) -> anyhow::Result<()> {
         args.redis.config().map_err(anyhow::Error::msg)?.context("--redis-nodes: the reference needs Redis")?;
     let redis = Redis::connect(&config, "reference").map_err(anyhow::Error::msg)?;
     let key = redis.key("{reference}:value");
-    redis.pool().set::<(), _, _>(&key, "x".repeat(200), None, None, false).await.context("cannot write to Redis")?;
+    redis.admit()?.set::<(), _, _>(&key, "x".repeat(200), None, None, false).await.context("cannot write to Redis")?;
     let upstreams = args
         .upstreams
         .iter()

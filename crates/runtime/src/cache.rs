@@ -203,7 +203,7 @@ where
             // One GET per key: keys of one batch live in different slots (fred pipelines them).
             let reads = missing.iter().map(|i| {
                 let key = Self::l2_key(redis, name, &keys[*i]);
-                async move { redis.pool().get::<Option<Vec<u8>>, _>(key).await }
+                async move { redis.admit()?.get::<Option<Vec<u8>>, _>(key).await }
             });
             for (i, read) in missing.iter().zip(futures::future::join_all(reads).await) {
                 match read {
@@ -247,7 +247,7 @@ where
         let writes = entries.iter().map(|(key, value)| {
             let key = Self::l2_key(redis, name, key);
             let bytes = value.encode_to_vec();
-            async move { redis.pool().set::<(), _, _>(key, bytes, Some(Expiration::PX(ttl)), None, false).await }
+            async move { redis.admit()?.set::<(), _, _>(key, bytes, Some(Expiration::PX(ttl)), None, false).await }
         });
         for result in futures::future::join_all(writes).await {
             if let Err(err) = result {
@@ -325,7 +325,7 @@ where
         let name = self.inner.settings.name;
         let deletes = keys.iter().map(|key| {
             let key = Self::l2_key(redis, name, key);
-            async move { redis.pool().del::<i64, _>(key).await }
+            async move { redis.admit()?.del::<i64, _>(key).await }
         });
         let mut failed = Vec::new();
         for (key, result) in keys.iter().zip(futures::future::join_all(deletes).await) {
@@ -337,7 +337,8 @@ where
         // Without an L1 no replica holds a copy to drop.
         if self.inner.settings.l1_capacity > 0 {
             let channel = Self::channel(redis, name);
-            if let Err(err) = redis.pool().next().spublish::<i64, _, _>(channel, keys.join("\n")).await {
+            let published = async { redis.admit()?.next().spublish::<i64, _, _>(channel, keys.join("\n")).await };
+            if let Err(err) = published.await {
                 self.error("publish", &err);
             }
         }

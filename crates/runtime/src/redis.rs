@@ -1,15 +1,25 @@
 //! The shared Redis Cluster: each service's own client pool and key prefix.
 //!
 //! Redis is never the only copy of anything, so the pool is built to fail fast rather than
-//! wait: commands time out well below an RPC deadline, a connection that is down buffers only
-//! a bounded number of commands, and reconnection runs in the background with backoff (fred's
-//! default policy would never reconnect). Start-up does not wait for Redis either: a service
-//! whose cluster is down starts, serves from its database and reconnects when it can.
+//! wait: commands time out well below an RPC deadline, a service has a bounded number of
+//! commands in flight and fails the next one at once, and reconnection runs in the background
+//! with backoff (fred's default policy would never reconnect). Start-up does not wait for Redis
+//! either: a service whose cluster is down starts, serves from its database and reconnects when
+//! it can.
+//!
+//! The in-flight bound is ours, not fred's. fred's own (a bounded command queue) miscounts every
+//! command it refuses; after an overload it believed more commands were coming and flushed a
+//! connection only every 200 commands, so at a low rate every read timed out, for good (fred
+//! 10.1, `the_pool_answers_again_after_an_overload` in tests/cache.rs).
 
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::{Pool, SubscriberClient};
+use fred::error::{Error as FredError, ErrorKind as FredErrorKind};
 use fred::prelude::{Builder, ClientLike, Config, ReconnectPolicy, ServerConfig as FredServer};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::time::parse_duration;
 
@@ -27,9 +37,10 @@ pub struct RedisArgs {
     /// Longest wait for a connection.
     #[arg(long = "redis-connect-timeout", env = "ALP_REDIS_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
-    /// Commands a client queues while reconnecting; beyond it commands fail at once.
-    #[arg(long = "redis-max-buffer", env = "ALP_REDIS_MAX_BUFFER", default_value_t = 1000)]
-    pub max_buffer: usize,
+    /// Commands a service may have in flight (queued, sent or awaiting a reply); beyond it a
+    /// command fails at once and the caller reads the database.
+    #[arg(long = "redis-max-in-flight", env = "ALP_REDIS_MAX_IN_FLIGHT", default_value_t = 1000)]
+    pub max_in_flight: usize,
 }
 
 /// Where the cluster is and how to talk to it.
@@ -39,7 +50,7 @@ pub struct RedisConfig {
     pub pool_size: usize,
     pub command_timeout: Duration,
     pub connect_timeout: Duration,
-    pub max_buffer: usize,
+    pub max_in_flight: usize,
 }
 
 impl RedisConfig {
@@ -62,7 +73,7 @@ impl RedisConfig {
             pool_size: 2,
             command_timeout: Duration::from_millis(100),
             connect_timeout: Duration::from_secs(1),
-            max_buffer: 1000,
+            max_in_flight: 1000,
         })
     }
 }
@@ -83,11 +94,14 @@ impl RedisArgs {
         if self.command_timeout.is_zero() {
             return Err("redis command timeout must be above zero".to_owned());
         }
+        if self.max_in_flight == 0 {
+            return Err("redis max in flight must be above zero".to_owned());
+        }
         Ok(Some(RedisConfig {
             pool_size: self.pool_size,
             command_timeout: self.command_timeout,
             connect_timeout: self.connect_timeout,
-            max_buffer: self.max_buffer,
+            max_in_flight: self.max_in_flight,
             ..RedisConfig::for_nodes(&nodes)?
         }))
     }
@@ -98,6 +112,7 @@ impl RedisArgs {
 #[derive(Clone)]
 pub struct Redis {
     pool: Pool,
+    in_flight: Arc<Semaphore>,
     subscriber: SubscriberClient,
     prefix: String,
 }
@@ -121,7 +136,8 @@ impl Redis {
                 .with_connection_config(|c| {
                     c.connection_timeout = config.connect_timeout;
                     c.internal_command_timeout = config.connect_timeout;
-                    c.max_command_buffer_len = config.max_buffer;
+                    // Unbounded: `in_flight` bounds it (see the module's comment).
+                    c.max_command_buffer_len = 0;
                     // One retry after a MOVED/ASK or a reconnect, then the caller's fallback.
                     c.max_command_attempts = 2;
                 })
@@ -139,7 +155,8 @@ impl Redis {
         let _subscriber_connection = subscriber.connect();
         // Re-subscribes after every reconnection.
         let _resubscriber = subscriber.manage_subscriptions();
-        Ok(Self { pool, subscriber, prefix: prefix.to_owned() })
+        let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
+        Ok(Self { pool, in_flight, subscriber, prefix: prefix.to_owned() })
     }
 
     /// [`Redis::connect`] when a cluster is configured.
@@ -150,8 +167,18 @@ impl Redis {
         config.map(|c| Self::connect(c, prefix)).transpose()
     }
 
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// The pool for one command, counted in flight until the returned handle is dropped.
+    ///
+    /// # Errors
+    /// A backpressure error, at once, when the service already has its maximum in flight.
+    pub fn admit(&self) -> Result<Admitted<'_>, FredError> {
+        match self.in_flight.try_acquire() {
+            Ok(permit) => Ok(Admitted { pool: &self.pool, _permit: permit }),
+            Err(_) => {
+                metrics::counter!("alp_redis_commands_shed_total", "prefix" => self.prefix.clone()).increment(1);
+                Err(FredError::new(FredErrorKind::Backpressure, "too many Redis commands in flight"))
+            }
+        }
     }
 
     pub fn subscriber(&self) -> &SubscriberClient {
@@ -170,6 +197,20 @@ impl Redis {
     /// Whether any pooled client is connected.
     pub fn is_connected(&self) -> bool {
         self.pool.clients().iter().any(ClientLike::is_connected)
+    }
+}
+
+/// The command pool, admitted for one command: hold it until the reply.
+pub struct Admitted<'a> {
+    pool: &'a Pool,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Deref for Admitted<'_> {
+    type Target = Pool;
+
+    fn deref(&self) -> &Pool {
+        self.pool
     }
 }
 

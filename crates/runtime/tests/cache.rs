@@ -154,3 +154,37 @@ async fn an_invalidation_runs_again_about_a_second_later() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(cache.get("k").await, Some(value(2)), "one pass per invalidation");
 }
+
+/// A burst far beyond what the pool may have in flight is shed at once (misses the database
+/// would serve), and the pool answers normally right after it. fred's bounded command queue used
+/// to leak its own count on every command it refused, after which it flushed a connection only
+/// every 200 commands: at low rates every read timed out, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_answers_again_after_an_overload() {
+    let Some(cluster) = RedisCluster::start().await else { return };
+    let config = RedisConfig { max_in_flight: 16, ..RedisConfig::for_nodes(&cluster.seeds()).unwrap() };
+    let redis = Redis::connect(&config, "alp:test").unwrap();
+    let started = Instant::now();
+    while !redis.is_connected() {
+        assert!(started.elapsed() < Duration::from_secs(10), "not connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let no_l1 = CacheSettings { l1_capacity: 0, ..settings() };
+    let cache: Cache<Timestamp> = Cache::new(no_l1.clone(), Some(redis.clone()));
+    cache.put("k", value(7)).await;
+
+    let burst: Vec<String> = (0..5_000).map(|_| "k".to_owned()).collect();
+    let read = cache.get_many(&burst).await;
+    let served = read.iter().filter(|v| v.is_some()).count();
+    assert!(cache.counts().errors > 0, "the burst was not shed: {:?}", cache.counts());
+    assert!(served > 0, "nothing of the burst was served: {:?}", cache.counts());
+
+    // One read at a time, as a quiet service reads: each answered, none waiting for company.
+    let after: Cache<Timestamp> = Cache::new(no_l1, Some(redis));
+    for n in 0..50 {
+        let started = Instant::now();
+        assert_eq!(after.get("k").await, Some(value(7)), "read {n} after the burst: {:?}", after.counts());
+        assert!(started.elapsed() < Duration::from_millis(50), "read {n} took {:?}", started.elapsed());
+    }
+    assert_eq!(after.counts().errors, 0);
+}
