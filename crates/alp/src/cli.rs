@@ -276,3 +276,17 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     tracing::info!(service = service.name(), "migrations applied");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// clap checks its definitions only when asked: two flattened flags with one id make every
+    /// `alp serve` fail at start-up with a "required argument" error naming neither flag.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -40,7 +40,7 @@ pub struct RedisArgs {
     /// Commands a service may have in flight (queued, sent or awaiting a reply); beyond it a
     /// command fails at once and the caller reads the database.
     #[arg(long = "redis-max-in-flight", env = "ALP_REDIS_MAX_IN_FLIGHT", default_value_t = 1000)]
-    pub max_in_flight: usize,
+    pub max_commands_in_flight: usize,
 }
 
 /// Where the cluster is and how to talk to it.
@@ -94,14 +94,14 @@ impl RedisArgs {
         if self.command_timeout.is_zero() {
             return Err("redis command timeout must be above zero".to_owned());
         }
-        if self.max_in_flight == 0 {
+        if self.max_commands_in_flight == 0 {
             return Err("redis max in flight must be above zero".to_owned());
         }
         Ok(Some(RedisConfig {
             pool_size: self.pool_size,
             command_timeout: self.command_timeout,
             connect_timeout: self.connect_timeout,
-            max_in_flight: self.max_in_flight,
+            max_in_flight: self.max_commands_in_flight,
             ..RedisConfig::for_nodes(&nodes)?
         }))
     }
