@@ -66,6 +66,7 @@ for endpoint in $endpoints; do
   stop_suite
   start_suite "$alp"
   psql -d alp_scheduler -c 'SELECT pg_stat_statements_reset()' >/dev/null
+  redis_reset_counts
   say "stress: $endpoint from ${start[$endpoint]}/s, steps of $step (a freshly started suite)"
   "$alp" load --endpoint "$endpoint" --scenario stress --rate "${start[$endpoint]}" --factor 1.4 \
     --duration "$step" --warmup "$warmup" "${shape[@]}" "${watch[@]}" --quiet --out "$results/$endpoint.json"
@@ -74,6 +75,7 @@ for endpoint in $endpoints; do
       json_build_object('calls', s.calls, 'exec_ms', round(s.exec_ms::numeric, 1)))
     FROM (SELECT dbid, sum(calls) AS calls, sum(total_exec_time) AS exec_ms FROM pg_stat_statements GROUP BY dbid) s
     JOIN pg_database d ON d.oid = s.dbid WHERE d.datname LIKE 'alp_%'" >"$results/$endpoint-statements.json"
+  redis_counts >"$results/$endpoint-redis.json"
 done
 if [[ " $endpoints " == *" next-items "* ]]; then
   stop_suite

@@ -23,15 +23,30 @@ def load(name):
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def requests_sent(report):
+    """Requests of a stepped run, warm-ups included."""
+    warmup = float(run["warmup"].rstrip("s"))
+    return sum(s["sent"] + s["target_rps"] * warmup for s in report["steps"])
+
+
 def statements(name):
     """Per request of the endpoint's run, per service database: (statements, execution ms)."""
     report, path = load(name), results / f"{name}-statements.json"
     if not report or not path.exists() or not path.read_text().strip():
         return None
-    warmup = float(run["warmup"].rstrip("s"))
-    requests = sum(s["sent"] + s["target_rps"] * warmup for s in report["steps"])
+    requests = requests_sent(report)
     per_db = json.loads(path.read_text())
     return {db: (v["calls"] / requests, v["exec_ms"] / requests) for db, v in per_db.items()}
+
+
+def redis_commands(name):
+    """Per request of the endpoint's run: Redis commands by name, most first."""
+    report, path = load(name), results / f"{name}-redis.json"
+    if not report or not path.exists() or not path.read_text().strip():
+        return None
+    requests = requests_sent(report)
+    calls = json.loads(path.read_text())
+    return sorted(((command, n / requests) for command, n in calls.items()), key=lambda c: -c[1])
 
 
 def fmt(value, digits=2):
@@ -155,6 +170,10 @@ for name, title in ENDPOINTS:
         w(f"\nPostgreSQL over the whole run, warm-ups included: {sum(c for c, _ in db.values()):.1f} statements per "
           f"request ({' · '.join(f'{svc} {db[svc][0]:.1f}' for svc in order)}), "
           f"{sum(e for _, e in db.values()):.2f} ms of execution per request.")
+    commands = redis_commands(name)
+    if commands:
+        w(f"\nRedis over the whole run, warm-ups included: {sum(n for _, n in commands):.1f} commands per request "
+          f"({' · '.join(f'{c.upper()} {n:.2f}' for c, n in commands if n >= 0.005)}).")
     if name == "mix":
         step, _ = capacity_step(r)
         if step:

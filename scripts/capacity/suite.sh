@@ -52,6 +52,26 @@ until redis-cli -p "$redis_base" cluster info | grep -q 'cluster_state:ok'; do s
 redis_nodes=$(IFS=,; echo "${nodes[*]}")
 redis_pids=$(IFS=,; echo "${pids[*]}")
 
+# Redis commands by name summed over the cluster's nodes since the last reset, as JSON; the
+# cluster's own traffic (replication, health checks, topology) left out.
+redis_reset_counts() {
+  for node in "${nodes[@]}"; do redis-cli -p "${node##*:}" config resetstat >/dev/null; done
+}
+redis_counts() {
+  for node in "${nodes[@]}"; do redis-cli -p "${node##*:}" info commandstats; done | python3 -c '
+import json, sys
+own = {"replconf", "ping", "info", "cluster", "config", "psync", "sync", "client", "hello", "command", "select"}
+calls = {}
+for line in sys.stdin:
+    name, _, fields = line.strip().partition(":")
+    if not name.startswith("cmdstat_"):
+        continue
+    command = name[len("cmdstat_"):].split("|")[0]
+    if command not in own:
+        calls[command] = calls.get(command, 0) + int(fields.split(",")[0].split("=")[1])
+print(json.dumps(calls, sort_keys=True))'
+}
+
 # --- the suite: four processes, started afresh for each endpoint -----------------------------
 # One endpoint's overload must not colour the next one's numbers (a suite recovering from overload
 # is its own question: docs/performance.md).

@@ -157,6 +157,10 @@ impl Database {
             .min_connections(min_connections)
             .acquire_timeout(config.acquire_timeout)
             .idle_timeout(Some(Duration::from_secs(300)))
+            // sqlx pings every pooled connection before handing it out: a second round trip
+            // per statement, more of scoring's CPU than its queries. A connection that died
+            // meanwhile fails its statement instead, and the pool drops it.
+            .test_before_acquire(false)
             .after_connect(move |conn, _meta| {
                 let setup = match dialect {
                     Dialect::Postgres => {

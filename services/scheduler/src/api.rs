@@ -178,7 +178,7 @@ impl SchedulerService for SchedulerApi {
         let now = now_millis();
 
         let answered: HashSet<&str> = answers.iter().map(|(item, _)| item.as_str()).collect();
-        let seen: HashSet<String> = states.iter().map(|s| s.item_id.clone()).collect();
+        let seen: HashSet<&str> = states.iter().map(|s| s.item_id.as_str()).collect();
         let want_new = match mode {
             Mode::Review => 0,
             Mode::MockTest => MOCK_TEST_NEW_CANDIDATES,
@@ -192,29 +192,29 @@ impl SchedulerService for SchedulerApi {
         let unseen = course.unseen(&seen, want_new);
 
         // Soonest due first, plus the last few answered, whose skills the ranking keeps apart.
-        let mut review_ids: Vec<String> =
-            states.iter().take(MAX_REVIEW_CANDIDATES).map(|s| s.item_id.clone()).collect();
+        let mut review_ids: Vec<&str> =
+            states.iter().take(MAX_REVIEW_CANDIDATES).map(|s| s.item_id.as_str()).collect();
         let mut latest: Vec<&MemoryRow> = states.iter().skip(MAX_REVIEW_CANDIDATES).collect();
         latest.sort_by_key(|s| std::cmp::Reverse(s.last_review_ms));
-        review_ids.extend(latest.into_iter().take(RECENT_CANDIDATES).map(|s| s.item_id.clone()));
-        let answered_ids: Vec<String> =
-            answered.iter().filter(|id| !seen.contains(**id)).map(|id| (*id).to_owned()).collect();
-        review_ids.extend(answered_ids);
+        review_ids.extend(latest.into_iter().take(RECENT_CANDIDATES).map(|s| s.item_id.as_str()));
+        review_ids.extend(answered.iter().filter(|id| !seen.contains(**id)).copied());
         let fetched = self.downstream.items_of(&course, &review_ids).await?;
         let memory: HashMap<&str, &MemoryRow> = states.iter().map(|s| (s.item_id.as_str(), s)).collect();
 
-        let mut items: HashMap<String, Arc<Item>> = HashMap::new();
-        let mut candidates = Vec::with_capacity(fetched.len() + unseen.len());
-        for item in fetched.into_iter().chain(unseen) {
-            if !item.retired && !answered.contains(item.item_id.as_str()) {
-                candidates.push(candidate(&item, memory.get(item.item_id.as_str()).copied()));
-            }
-            items.insert(item.item_id.clone(), item);
-        }
+        let pool: Vec<Arc<Item>> = fetched.into_iter().chain(unseen).collect();
+        let items: HashMap<&str, &Item> = pool.iter().map(|item| (item.item_id.as_str(), item.as_ref())).collect();
+        let eligible: Vec<&Item> = pool
+            .iter()
+            .map(Arc::as_ref)
+            .filter(|item| !item.retired && !answered.contains(item.item_id.as_str()))
+            .collect();
+        // Built again for the fallback rather than copied for every request.
+        let candidates =
+            || eligible.iter().map(|item| candidate(item, memory.get(item.item_id.as_str()).copied())).collect();
         let mock_test_answers: Vec<TestAnswer> = answers
             .iter()
             .filter_map(|(item_id, correct)| {
-                let item = items.get(item_id)?;
+                let item = items.get(item_id.as_str())?;
                 Some(TestAnswer {
                     item_id: item_id.clone(),
                     skill_ids: item.skill_ids.clone(),
@@ -224,7 +224,7 @@ impl SchedulerService for SchedulerApi {
                 })
             })
             .collect();
-        if candidates.is_empty() && mode != Mode::MockTest {
+        if eligible.is_empty() && mode != Mode::MockTest {
             return Ok(Response::new(NextItemsResponse::default()));
         }
 
@@ -233,7 +233,7 @@ impl SchedulerService for SchedulerApi {
             .score_candidates
             .call(ScoreCandidatesRequest {
                 learner_id: request.learner_id.clone(),
-                candidates: candidates.clone(),
+                candidates: candidates(),
                 mode: mode as i32,
                 count,
                 desired_retention: retention,
@@ -247,7 +247,7 @@ impl SchedulerService for SchedulerApi {
             Err(error) if error.is_outage() => {
                 tracing::warn!(%error, "scoring unavailable; local fallback ranking");
                 metrics::counter!("alp_scheduler_degraded_total").increment(1);
-                (fallback_ranking(&candidates, mode, count as usize, now), None, format!("fallback ordering; {error}"))
+                (fallback_ranking(&candidates(), mode, count as usize, now), None, format!("fallback ordering; {error}"))
             }
             // Scoring refused the request: a bug here, not an outage to hide.
             Err(error) => return Err(SchedulerError::Downstream(error).into()),
@@ -255,7 +255,7 @@ impl SchedulerService for SchedulerApi {
         let next = ranked
             .into_iter()
             .filter_map(|scored| {
-                let item = items.get(&scored.item_id)?;
+                let item = items.get(scored.item_id.as_str())?;
                 Some(NextItem {
                     item_id: scored.item_id.clone(),
                     reason: scored.reason,

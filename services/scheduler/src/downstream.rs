@@ -194,13 +194,13 @@ impl Downstreams {
 
     /// Items by id: from the course's copy where it has them, the rest (retired, or newer than
     /// the copy) from content; missing ones are left out.
-    pub async fn items_of(&self, course: &CourseItems, item_ids: &[String]) -> Result<Vec<Arc<Item>>, SchedulerError> {
+    pub async fn items_of(&self, course: &CourseItems, item_ids: &[&str]) -> Result<Vec<Arc<Item>>, SchedulerError> {
         let mut items = Vec::with_capacity(item_ids.len());
         let mut elsewhere = Vec::new();
         for id in item_ids {
             match course.get(id) {
                 Some(item) => items.push(item.clone()),
-                None => elsewhere.push(id.clone()),
+                None => elsewhere.push((*id).to_owned()),
             }
         }
         for chunk in elsewhere.chunks(ITEMS_PER_CALL) {
@@ -333,8 +333,8 @@ impl CourseItems {
     }
 
     /// The first `want` items not in `seen`.
-    pub fn unseen(&self, seen: &HashSet<String>, want: usize) -> Vec<Arc<Item>> {
-        self.items.iter().filter(|item| !seen.contains(&item.item_id)).take(want).cloned().collect()
+    pub fn unseen(&self, seen: &HashSet<&str>, want: usize) -> Vec<Arc<Item>> {
+        self.items.iter().filter(|item| !seen.contains(item.item_id.as_str())).take(want).cloned().collect()
     }
 }
 
