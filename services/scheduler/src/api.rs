@@ -192,8 +192,7 @@ impl SchedulerService for SchedulerApi {
         let unseen = course.unseen(&seen, want_new);
 
         // Soonest due first, plus the last few answered, whose skills the ranking keeps apart.
-        let mut review_ids: Vec<&str> =
-            states.iter().take(MAX_REVIEW_CANDIDATES).map(|s| s.item_id.as_str()).collect();
+        let mut review_ids: Vec<&str> = states.iter().take(MAX_REVIEW_CANDIDATES).map(|s| s.item_id.as_str()).collect();
         let mut latest: Vec<&MemoryRow> = states.iter().skip(MAX_REVIEW_CANDIDATES).collect();
         latest.sort_by_key(|s| std::cmp::Reverse(s.last_review_ms));
         review_ids.extend(latest.into_iter().take(RECENT_CANDIDATES).map(|s| s.item_id.as_str()));
@@ -247,7 +246,11 @@ impl SchedulerService for SchedulerApi {
             Err(error) if error.is_outage() => {
                 tracing::warn!(%error, "scoring unavailable; local fallback ranking");
                 metrics::counter!("alp_scheduler_degraded_total").increment(1);
-                (fallback_ranking(&candidates(), mode, count as usize, now), None, format!("fallback ordering; {error}"))
+                (
+                    fallback_ranking(&candidates(), mode, count as usize, now),
+                    None,
+                    format!("fallback ordering; {error}"),
+                )
             }
             // Scoring refused the request: a bug here, not an outage to hide.
             Err(error) => return Err(SchedulerError::Downstream(error).into()),
