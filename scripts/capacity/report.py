@@ -23,29 +23,28 @@ def load(name):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def requests_sent(report):
-    """Requests of a stepped run, warm-ups included."""
+def per_request(name, what):
+    """The endpoint's run's `<name>-<what>.json` and the requests of the run, warm-ups included."""
+    report, path = load(name), results / f"{name}-{what}.json"
+    if not report or not path.exists() or not path.read_text().strip():
+        return None, 0
     warmup = float(run["warmup"].rstrip("s"))
-    return sum(s["sent"] + s["target_rps"] * warmup for s in report["steps"])
+    return json.loads(path.read_text()), sum(s["sent"] + s["target_rps"] * warmup for s in report["steps"])
 
 
 def statements(name):
     """Per request of the endpoint's run, per service database: (statements, execution ms)."""
-    report, path = load(name), results / f"{name}-statements.json"
-    if not report or not path.exists() or not path.read_text().strip():
+    per_db, requests = per_request(name, "statements")
+    if per_db is None:
         return None
-    requests = requests_sent(report)
-    per_db = json.loads(path.read_text())
     return {db: (v["calls"] / requests, v["exec_ms"] / requests) for db, v in per_db.items()}
 
 
 def redis_commands(name):
     """Per request of the endpoint's run: Redis commands by name, most first."""
-    report, path = load(name), results / f"{name}-redis.json"
-    if not report or not path.exists() or not path.read_text().strip():
+    calls, requests = per_request(name, "redis")
+    if calls is None:
         return None
-    requests = requests_sent(report)
-    calls = json.loads(path.read_text())
     return sorted(((command, n / requests) for command, n in calls.items()), key=lambda c: -c[1])
 
 
