@@ -85,7 +85,7 @@ fi
 
 # --- the bare references, in the same session -------------------------------------------------
 # Three upstream processes, as NextItems calls user, content and scoring. The reference is started
-# afresh for each generator: an overloaded fred client may not come back (docs/performance.md).
+# afresh for each generator, so that neither generator meets one the other overloaded.
 say "reference: plain tonic fan-out (1 Redis GET + 3 gRPC calls to upstream processes)"
 stop_suite
 upstreams=() upstream_pids=()
