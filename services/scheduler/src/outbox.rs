@@ -17,7 +17,7 @@
 //! its batch: [`Relay::settled`] waits for the learner's rows on this replica's fast path,
 //! asking it to send at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -272,7 +272,10 @@ impl Relay {
     /// Delivers one batch of rows the fast path left behind; how many.
     async fn sweep_once(&self) -> Result<usize, String> {
         let recorded_before = alp_runtime::time::now_millis() - self.config.fast_path_allowance.as_millis() as i64;
-        let awaiting_delete = self.delivered.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        // Read before the rows: a seq leaves `delivered` only once its delete has committed, so
+        // a delivered row is either listed here or no longer in the table below.
+        let awaiting_delete: HashSet<i64> =
+            self.delivered.lock().unwrap_or_else(PoisonError::into_inner).iter().copied().collect();
         let limit = u32::try_from(self.config.max_batch).unwrap_or(u32::MAX);
         let mut rows =
             self.store.outbox_batch(self.consumer, limit, recorded_before).await.map_err(|e| e.to_string())?;
@@ -293,14 +296,21 @@ impl Relay {
                 () = stop.cancelled() => true,
                 _ = every.tick() => false,
             };
-            let seqs = std::mem::take(&mut *self.delivered.lock().unwrap_or_else(PoisonError::into_inner));
+            // The seqs stay listed until their delete commits, so the sweeper never takes a row
+            // being deleted for an undelivered one. Others only append: the copy is a prefix.
+            let seqs = self.delivered.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            let mut failed = Vec::new();
             for chunk in seqs.chunks(DELETES_PER_STATEMENT) {
                 if let Err(error) = self.store.outbox_delete(chunk).await {
-                    // Kept for the next round; meanwhile the sweeper skips them.
                     tracing::warn!(%error, "deleting delivered outbox rows failed");
-                    self.delivered.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(chunk);
+                    failed.extend_from_slice(chunk);
                 }
             }
+            let mut delivered = self.delivered.lock().unwrap_or_else(PoisonError::into_inner);
+            delivered.drain(..seqs.len());
+            // Kept for the next round; meanwhile the sweeper skips them.
+            delivered.extend(failed);
+            drop(delivered);
             if stopping {
                 return;
             }
