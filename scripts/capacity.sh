@@ -44,6 +44,8 @@ fi
 say "release build"
 cargo build --release --quiet --bin alp
 alp=$root/target/release/alp
+# What was built, not what the tree holds when the report is written an hour later.
+commit="$(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"
 
 # PostgreSQL, the Redis Cluster, and start_suite/stop_suite for the four services.
 source scripts/capacity/suite.sh
@@ -136,7 +138,7 @@ JSON
 
 # --- the report --------------------------------------------------------------------------------
 cat >"$results/run.json" <<JSON
-{"commit": "$(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')",
+{"commit": "$commit",
  "rustc": "$(rustc -V)", "postgres": "$("$pg_bin/postgres" -V)", "redis": "$(redis-server --version | cut -d' ' -f3)",
  "kernel": "$(uname -r)", "memory_gib": $(awk '/MemTotal/ {printf "%.0f", $2/1048576}' /proc/meminfo),
  "learners": $learners, "items": $items, "step": "$step", "warmup": "$warmup", "fresh_suite_per_endpoint": true,
