@@ -15,11 +15,11 @@ use alp_proto::scheduler::v1::submit_attempt_request::Outcome;
 use alp_proto::scheduler::v1::{NextItemsRequest, SubmitAttemptRequest};
 use alp_proto::user::v1::user_service_client::UserServiceClient;
 use alp_proto::user::v1::{
-    CreateLearnerRequest, EnrolLearnerRequest, GetLearnerRequest, Learner, UpdateLearnerRequest,
+    CreateLearnerRequest, DeleteLearnerRequest, EnrolLearnerRequest, GetLearnerRequest, Learner, UpdateLearnerRequest,
 };
 use alp_runtime::cache::{Cache, CacheCounts};
 use alp_runtime::redis::{Redis, RedisConfig};
-use alp_runtime::testing::RedisCluster;
+use alp_runtime::testing::{RedisCluster, eventually};
 use common::{cache_counts, channel};
 
 fn item_counts(handle: &metrics_exporter_prometheus::PrometheusHandle) -> (u64, u64, u64) {
@@ -93,6 +93,42 @@ async fn scheduler_reads_memory_from_the_cache(
     assert_eq!(retried.attempt.unwrap().attempt_id, "cacher-1");
     assert_eq!(cache_counts(handle, "learner_models").1, models.1 + 1, "evaluated from the model in Redis");
     assert_eq!(cache_counts(handle, "learner_models").2, models.2, "without a miss");
+}
+
+/// The scheduler keeps a copy of each profile it reads and follows the user service's changes:
+/// an enrolment made a moment ago is usable at once, and a deleted learner is refused within
+/// the time an announcement takes.
+async fn scheduler_follows_profile_changes(running: &common::Running) {
+    let a = running.addresses;
+    let mut content = ContentServiceClient::new(channel(a.content));
+    let course = Course { course_id: "cache-2".into(), title: "Cache 2".into(), ..Default::default() };
+    content.create_course(CreateCourseRequest { course: Some(course) }).await.unwrap();
+    let mut user = UserServiceClient::new(channel(a.user));
+    let learner = Learner { learner_id: "follower".into(), ..Default::default() };
+    user.create_learner(CreateLearnerRequest { learner: Some(learner) }).await.unwrap();
+    let enrol = |course: &str| EnrolLearnerRequest { learner_id: "follower".into(), course_id: course.into() };
+    user.enrol_learner(enrol("cache")).await.unwrap();
+    let mut scheduler = SchedulerServiceClient::new(channel(a.scheduler));
+    let next = |course: &str| NextItemsRequest {
+        learner_id: "follower".into(),
+        course_id: course.into(),
+        count: 3,
+        ..Default::default()
+    };
+    scheduler.next_items(next("cache")).await.unwrap();
+    // The copy made above lacks this enrolment.
+    user.enrol_learner(enrol("cache-2")).await.unwrap();
+    scheduler.next_items(next("cache-2")).await.expect("an enrolment is usable at once");
+
+    user.delete_learner(DeleteLearnerRequest { learner_id: "follower".into() }).await.unwrap();
+    // The copy would live ten minutes: only the announcement drops it within the bound.
+    eventually("NextItems refusing the deleted learner", || {
+        let mut scheduler = scheduler.clone();
+        async move {
+            matches!(scheduler.next_items(next("cache")).await, Err(status) if status.code() == tonic::Code::NotFound)
+        }
+    })
+    .await;
 }
 
 fn item(prompt: &str) -> Item {
@@ -178,6 +214,7 @@ async fn the_suite_reads_through_the_cache_and_never_serves_a_stale_copy() {
     assert_eq!(counts.errors, 0, "{counts:?}");
 
     scheduler_reads_memory_from_the_cache(&running, &handle).await;
+    scheduler_follows_profile_changes(&running).await;
 
     // The whole cluster gone: content keeps answering from its database and says so on the
     // health entry of its Redis, while the service itself stays SERVING.

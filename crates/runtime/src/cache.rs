@@ -6,9 +6,13 @@
 //! publishes them on the cache's channel, and every replica drops them from its L1 on receipt.
 //! The channel is a sharded one (SPUBLISH): a cluster-wide PUBLISH is relayed to every node over
 //! the cluster bus, which cost more Redis CPU than all the cache reads and writes together.
-//! Pub/sub is fire-and-forget, so a replica that was disconnected can miss a message: the short
-//! L1 TTL bounds how long it can serve the old value then. Each invalidation runs a second time
-//! 1–1.25 s later, batched with the others of its 250 ms window.
+//! Pub/sub is fire-and-forget, so a replica that was disconnected can miss a message: it clears
+//! its L1 whenever its subscriber reconnects, and the L1 TTL bounds what is left (a message lost
+//! without a disconnection). Each invalidation runs a second time 1–1.25 s later, batched with
+//! the others of its 250 ms window.
+//!
+//! Another service may keep a [`Cache::mirror`] of the values: its L1 alone, following the
+//! owner's channel like one of the owner's replicas.
 //!
 //! Redis errors never fail a read or a write: a failed read is a miss, and both are counted. A
 //! key whose deletion from Redis failed (its slot's primary down, say) is read around the cache
@@ -23,6 +27,7 @@ use std::time::Duration;
 use fred::interfaces::EventInterface;
 use fred::prelude::{Expiration, KeysInterface, PubsubInterface};
 use prost::Message;
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::redis::Redis;
 
@@ -115,13 +120,27 @@ where
             }),
         };
         if let (Some(redis), true) = (&cache.inner.redis, cache.inner.settings.l1_capacity > 0) {
-            cache.listen(redis.clone());
+            cache.listen(redis.clone(), Self::channel(redis.prefix(), cache.inner.settings.name));
         }
         cache
     }
 
-    fn channel(redis: &Redis, name: &str) -> String {
-        redis.key(&format!("{name}:invalidate"))
+    /// An in-process copy of values another service owns and caches under the same name: L1
+    /// alone, never Redis, dropped as the owner publishes its invalidations (each twice, the
+    /// second a second later, which also drops a copy read just before a change). It is as
+    /// fresh as the owner's other replicas. Without Redis nothing would tell it of a change, so
+    /// there is none.
+    pub fn mirror(settings: CacheSettings, redis: Option<&Redis>, owner_prefix: &str) -> Option<Self> {
+        let redis = redis?;
+        let channel = Self::channel(owner_prefix, settings.name);
+        let cache = Self::new(settings, None);
+        cache.listen(redis.clone(), channel);
+        Some(cache)
+    }
+
+    /// Where the owner's replicas (prefix `prefix`) announce the keys they dropped.
+    fn channel(prefix: &str, name: &str) -> String {
+        format!("{prefix}:{name}:invalidate")
     }
 
     fn l2_key(redis: &Redis, name: &str, key: &str) -> String {
@@ -129,27 +148,40 @@ where
     }
 
     /// Drops keys from L1 as other replicas publish them; holds only a weak reference so the
-    /// task ends with the cache.
-    fn listen(&self, redis: Redis) {
-        let channel = Self::channel(&redis, self.inner.settings.name);
+    /// task ends with the cache. What is published while the subscriber is disconnected is lost,
+    /// so every reconnection clears L1.
+    fn listen(&self, redis: Redis, channel: String) {
         let weak = Arc::downgrade(&self.inner);
         let mut messages = redis.subscriber().message_rx();
+        let mut reconnections = redis.subscriber().reconnect_rx();
         tokio::spawn(async move {
             if let Err(err) = redis.subscriber().ssubscribe(channel.clone()).await {
                 // manage_subscriptions re-subscribes once the subscriber connects.
                 tracing::debug!(%channel, error = %err, "invalidation channel not subscribed yet");
             }
             loop {
-                let message = match messages.recv().await {
+                let message = tokio::select! {
+                    message = messages.recv() => message,
+                    reconnected = reconnections.recv() => {
+                        if matches!(reconnected, Err(RecvError::Closed)) {
+                            return;
+                        }
+                        let Some(inner) = weak.upgrade() else { return };
+                        tracing::debug!(%channel, "invalidation subscriber reconnected; L1 cleared");
+                        inner.l1.invalidate_all();
+                        continue;
+                    }
+                };
+                let message = match message {
                     Ok(message) => message,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    Err(RecvError::Lagged(missed)) => {
                         // Invalidations were missed: nothing in L1 can be trusted now.
                         let Some(inner) = weak.upgrade() else { return };
                         tracing::warn!(%channel, missed, "invalidations missed; L1 cleared");
                         inner.l1.invalidate_all();
                         continue;
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    Err(RecvError::Closed) => return,
                 };
                 if message.channel != channel.as_str() {
                     continue;
@@ -336,7 +368,7 @@ where
         }
         // Without an L1 no replica holds a copy to drop.
         if self.inner.settings.l1_capacity > 0 {
-            let channel = Self::channel(redis, name);
+            let channel = Self::channel(redis.prefix(), name);
             let published = async { redis.admit()?.next().spublish::<i64, _, _>(channel, keys.join("\n")).await };
             if let Err(err) = published.await {
                 self.error("publish", &err);

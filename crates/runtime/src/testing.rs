@@ -10,6 +10,23 @@ use sqlx::Connection;
 
 use crate::db::{Database, DatabaseConfig, Dialect, MigrationStep, sqlite_url};
 
+/// Polls `check` every 50 ms until it holds, for what happens in other tasks or processes
+/// (pub/sub, failover, a background sweep).
+///
+/// # Panics
+/// When it has not held within 20 s; the message names `what`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < Duration::from_secs(20), "{what} did not happen within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// One test database; a SQLite file lives as long as this value.
 #[derive(Debug)]
 pub struct TestDatabase {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use alp_runtime::cache::{Cache, CacheCounts, CacheSettings};
 use alp_runtime::redis::{Redis, RedisConfig};
-use alp_runtime::testing::RedisCluster;
+use alp_runtime::testing::{RedisCluster, eventually};
 use prost_types::Timestamp;
 
 fn settings() -> CacheSettings {
@@ -32,19 +32,6 @@ async fn connected(cluster: &RedisCluster, prefix: &str) -> Redis {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     redis
-}
-
-/// Polls until `check` holds; pub/sub and failover happen in other processes.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < Duration::from_secs(20), "{what} did not happen within 20 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,6 +66,44 @@ async fn replicas_share_values_and_every_replica_drops_an_invalidated_key() {
     local.put("k4", value(4)).await;
     assert_eq!(local.get("k4").await, Some(value(4)));
     assert_eq!(local.counts(), CacheCounts { l1_hits: 1, l2_hits: 0, misses: 1, errors: 0 });
+}
+
+/// Another service's mirror follows the owner's announcements, and a replica whose subscriber
+/// was cut off (so it may have missed some) forgets its L1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_follows_its_owner_and_a_reconnected_replica_forgets_its_l1() {
+    let Some(cluster) = RedisCluster::start().await else { return };
+    let owner: Cache<Timestamp> = Cache::new(settings(), Some(connected(&cluster, "alp:owner").await));
+    let other = connected(&cluster, "alp:other").await;
+    let mirror: Cache<Timestamp> = Cache::mirror(settings(), Some(&other), "alp:owner").unwrap();
+    assert!(Cache::<Timestamp>::mirror(settings(), None, "alp:owner").is_none(), "nothing to follow");
+    // An announcement that arrives shows the subscriber connected and listening.
+    eventually("the mirror's subscription", || async {
+        mirror.put("probe", value(0)).await;
+        owner.invalidate(&["probe".to_owned()]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        mirror.get("probe").await.is_none()
+    })
+    .await;
+    mirror.put("k1", value(1)).await;
+    mirror.put("k2", value(2)).await;
+    assert_eq!(mirror.get("k1").await, Some(value(1)));
+    assert_eq!(owner.get("k1").await, None, "a mirror never writes to Redis");
+
+    owner.invalidate(&["k1".to_owned()]).await;
+    eventually("the mirror dropping k1", || async { mirror.get("k1").await.is_none() }).await;
+    assert_eq!(mirror.get("k2").await, Some(value(2)), "only k1 is dropped");
+
+    // Cut every subscriber off: whatever was published meanwhile is lost, so L1 must go.
+    for node in cluster.seeds() {
+        let port = node.rsplit(':').next().unwrap();
+        let killed = std::process::Command::new("redis-cli")
+            .args(["-p", port, "client", "kill", "type", "pubsub"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(killed.status.success(), "{killed:?}");
+    }
+    eventually("the mirror forgetting k2 on reconnection", || async { mirror.get("k2").await.is_none() }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::cache::{CachedMemory, CachedMemoryStates, SchedulerCaches, memory_key};
-use crate::downstream::{Downstreams, choice_count, retention_if_enrolled};
+use crate::downstream::{Downstreams, choice_count};
 use crate::error::SchedulerError;
 use crate::outbox::Relay;
 use crate::store::{ExportFilter, MemoryRow, SchedulerStore};
@@ -70,7 +70,8 @@ impl SchedulerApi {
     /// Desired retention of a learner enrolled in `course_id`; defaults when the user service
     /// cannot say.
     async fn enrolled_retention(&self, learner_id: &str, course_id: &str) -> Result<f64, SchedulerError> {
-        retention_if_enrolled(self.downstream.learner(learner_id).await?, learner_id, course_id)
+        let profile = self.downstream.learner(learner_id).await?;
+        self.downstream.retention_in(profile, learner_id, course_id).await
     }
 }
 

@@ -24,8 +24,9 @@ use alp_proto::user::v1::{
     GetLearnerRequest, GetLearnerResponse, Learner, RecordProgressRequest, RecordProgressResponse,
 };
 use alp_runtime::batch::{BatchConfig, BatchError, Batcher};
-use alp_runtime::cache::Cache;
+use alp_runtime::cache::{Cache, CacheSettings};
 use alp_runtime::client::{AddressError, CallError, Downstream, DownstreamConfig, Method, Rpc, deadline_for};
+use alp_runtime::redis::Redis;
 use alp_runtime::send;
 use tonic::Code;
 
@@ -41,6 +42,15 @@ const ITEM_BATCH: BatchConfig =
     BatchConfig { max_size: 200, max_delay: Duration::from_millis(2), queue: 10_000, max_in_flight: 8 };
 /// The most ids BatchGetItems takes.
 const ITEMS_PER_CALL: usize = 500;
+
+/// The user service's cache of profiles, which this replica mirrors: its name and the user
+/// service's Redis prefix make the channel its replicas announce changes on (`LEARNER_CACHE`
+/// and `REDIS_PREFIX` in alp-user; the suite's cache test fails if they part). Changes are
+/// announced, so the TTL only bounds a copy whose announcement was lost without a
+/// disconnection; ten minutes keep a learner who practises within them off the user service.
+const LEARNER_COPIES: CacheSettings =
+    CacheSettings { name: "learners", l1_capacity: 100_000, l1_ttl: Duration::from_secs(600), l2_ttl: Duration::ZERO };
+const USER_REDIS_PREFIX: &str = "alp:user";
 
 /// Where each downstream is and how to call it.
 #[derive(Debug, Clone)]
@@ -71,6 +81,10 @@ pub struct Downstreams {
     /// per call cost more than all the rest of NextItems together.
     course_items: Catalogue<CourseItems>,
     skill_graphs: Catalogue<Vec<SkillPrerequisites>>,
+    /// Profiles as the user service last gave them, dropped when it announces a change: every
+    /// NextItems and SubmitAttempt needs one, and asking cost the user service more CPU than
+    /// anything else it does. None without Redis, which carries the announcements.
+    learner_copies: Option<Cache<Learner>>,
     learners: Arc<Mutex<HashMap<String, Learner>>>,
     item_timeout: Duration,
 }
@@ -79,12 +93,15 @@ pub struct Downstreams {
 #[derive(Debug, Clone)]
 pub enum LearnerProfile {
     Known(Learner),
+    /// This replica's copy: current but for an announcement still in flight, such as the
+    /// enrolment the caller made a moment ago.
+    Copied(Learner),
     /// The user service is unavailable and the learner was never seen: answer with defaults.
     Unknown,
 }
 
 impl Downstreams {
-    pub async fn connect(configs: DownstreamConfigs) -> Result<Self, AddressError> {
+    pub async fn connect(configs: DownstreamConfigs, redis: Option<&Redis>) -> Result<Self, AddressError> {
         let item_timeout = configs.content.timeout;
         let content = Downstream::connect("content", CONTENT_SERVICE, configs.content).await?;
         let scoring = Downstream::connect("scoring", SCORING_SERVICE, configs.scoring).await?;
@@ -122,6 +139,7 @@ impl Downstreams {
             content,
             scoring,
             user,
+            learner_copies: Cache::mirror(LEARNER_COPIES, redis, USER_REDIS_PREFIX),
             learners: Arc::default(),
             item_timeout,
         })
@@ -138,9 +156,36 @@ impl Downstreams {
     /// The learner from the user service; when it is unavailable, the last profile seen (stale
     /// if error), so an outage of the user service does not stop practice.
     pub async fn learner(&self, learner_id: &str) -> Result<LearnerProfile, SchedulerError> {
+        if let Some(copies) = &self.learner_copies
+            && let Some(learner) = copies.get(learner_id).await
+        {
+            return Ok(LearnerProfile::Copied(learner));
+        }
+        self.fetch_learner(learner_id).await
+    }
+
+    /// The learner's desired retention once they are known to be enrolled in `course_id`. A copy
+    /// without that enrolment is checked with the user service: it may be only a moment old.
+    pub async fn retention_in(
+        &self,
+        profile: LearnerProfile,
+        learner_id: &str,
+        course_id: &str,
+    ) -> Result<f64, SchedulerError> {
+        let profile = match profile {
+            LearnerProfile::Copied(learner) if !enrolled(&learner, course_id) => self.fetch_learner(learner_id).await?,
+            profile => profile,
+        };
+        retention_if_enrolled(profile, learner_id, course_id)
+    }
+
+    async fn fetch_learner(&self, learner_id: &str) -> Result<LearnerProfile, SchedulerError> {
         match self.get_learner.call(GetLearnerRequest { learner_id: learner_id.to_owned() }).await {
             Ok(response) => {
                 let learner = response.learner.unwrap_or_default();
+                if let Some(copies) = &self.learner_copies {
+                    copies.put(learner_id, learner.clone()).await;
+                }
                 if let Ok(mut cache) = self.learners.lock() {
                     if cache.len() > 100_000 {
                         cache.clear();
@@ -269,14 +314,10 @@ impl Downstreams {
 }
 
 /// The learner's desired retention once they are known to be enrolled in `course_id`.
-pub fn retention_if_enrolled(
-    profile: LearnerProfile,
-    learner_id: &str,
-    course_id: &str,
-) -> Result<f64, SchedulerError> {
+fn retention_if_enrolled(profile: LearnerProfile, learner_id: &str, course_id: &str) -> Result<f64, SchedulerError> {
     match profile {
-        LearnerProfile::Known(learner) => {
-            if !learner.enrolments.iter().any(|e| e.course_id == course_id) {
+        LearnerProfile::Known(learner) | LearnerProfile::Copied(learner) => {
+            if !enrolled(&learner, course_id) {
                 return Err(SchedulerError::FailedPrecondition(format!(
                     "learner {learner_id:?} is not enrolled in course {course_id:?}; call EnrolLearner first"
                 )));
@@ -285,6 +326,10 @@ pub fn retention_if_enrolled(
         }
         LearnerProfile::Unknown => Ok(DEFAULT_RETENTION),
     }
+}
+
+fn enrolled(learner: &Learner, course_id: &str) -> bool {
+    learner.enrolments.iter().any(|e| e.course_id == course_id)
 }
 
 pub fn choice_count(item: &Item) -> u32 {

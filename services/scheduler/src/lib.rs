@@ -89,7 +89,8 @@ pub async fn serve_with_shutdown(
     let db = Database::connect(&config.database).await?;
     db.ensure_migrated("scheduler", MIGRATIONS).await?;
     let store = store::SchedulerStore::new(db.clone());
-    let downstream = downstream::Downstreams::connect(config.downstream.clone())
+    let redis = Redis::connect_optional(config.redis.as_ref(), REDIS_PREFIX).map_err(ServeError::Setup)?;
+    let downstream = downstream::Downstreams::connect(config.downstream.clone(), redis.as_ref())
         .await
         .map_err(|e| ServeError::Setup(e.to_string()))?;
     let dependencies = [downstream.content.clone(), downstream.scoring.clone(), downstream.user.clone()];
@@ -101,7 +102,6 @@ pub async fn serve_with_shutdown(
         async move { tokio::join!(scoring.run(stop.clone()), user.run(stop)) }
     });
 
-    let redis = Redis::connect_optional(config.redis.as_ref(), REDIS_PREFIX).map_err(ServeError::Setup)?;
     let caches = cache::SchedulerCaches::new(redis.clone());
     let attempts = submit_attempt::AttemptRecorder::new(
         store.clone(),

@@ -16,7 +16,7 @@ use alp_runtime::validate::{id, optional_id};
 use prost::Message;
 
 use crate::cache::{SchedulerCaches, memory_key};
-use crate::downstream::{Downstreams, choice_count, retention_if_enrolled};
+use crate::downstream::{Downstreams, choice_count};
 use crate::error::SchedulerError;
 use crate::outbox::{Consumer, Relay};
 use crate::store::{AttemptRow, MemoryRow, SchedulerStore};
@@ -124,10 +124,12 @@ impl AttemptRecorder {
             self.downstream.learner(&submission.learner_id),
             self.store.memory_state(&submission.learner_id, &submission.item_id),
         );
-        let checked = item.and_then(|item| {
-            let retention = retention_if_enrolled(learner?, &submission.learner_id, &item.course_id)?;
-            Ok((item, retention))
-        });
+        let checked = async {
+            let item = item?;
+            let retention = self.downstream.retention_in(learner?, &submission.learner_id, &item.course_id).await?;
+            Ok::<_, SchedulerError>((item, retention))
+        }
+        .await;
         let (item, retention) = match checked {
             Ok(found) => found,
             // A retry of a recorded answer gets its record even if the item or the enrolment
