@@ -140,6 +140,7 @@ JSON
 cat >"$results/run.json" <<JSON
 {"commit": "$commit",
  "rustc": "$(rustc -V)", "postgres": "$("$pg_bin/postgres" -V)", "redis": "$(redis-server --version | cut -d' ' -f3)",
+ "workers": "$(if [ "${ALP_CAPACITY_WORKERS:-chart}" = cores ]; then echo "one per core (tokio's default)"; else for s in scheduler user content scoring; do printf '%s %s, ' "$s" "${workers[$s]}"; done | sed 's/, $//'; fi)",
  "kernel": "$(uname -r)", "memory_gib": $(awk '/MemTotal/ {printf "%.0f", $2/1048576}' /proc/meminfo),
  "learners": $learners, "items": $items, "step": "$step", "warmup": "$warmup", "fresh_suite_per_endpoint": true,
  "attempts_loaded": $(grep -oP '"attempts": \K[0-9]+' "$work/dataset.json"),

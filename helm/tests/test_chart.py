@@ -211,6 +211,17 @@ def test_sizing_is_the_capacity_plans(default):
         assert pool == plan["pool"], service
 
 
+def test_runtime_workers_follow_the_cpu_request(default):
+    for service, workload in of_kind(default, "Rollout").items():
+        env = {e["name"]: e for e in container(workload)["env"]}
+        field = env["TOKIO_WORKER_THREADS"]["valueFrom"]["resourceFieldRef"]
+        assert field == {"containerName": service.removeprefix(f"{RELEASE}-"), "resource": "requests.cpu", "divisor": "1"}
+    # Without a CPU request the downward API would give 0, which the runtime refuses: no setting.
+    unrequested = {"services": {"user": {"resources": {"requests": {"cpu": None}}}}}
+    env = container(of_kind(render(unrequested), "Rollout")[name("user")])["env"]
+    assert "TOKIO_WORKER_THREADS" not in {e["name"] for e in env}
+
+
 def test_deployments_replace_rollouts_when_rollouts_are_off():
     objects = render(VARIANTS["deployments"])
     assert not [o for o in objects if o["apiVersion"].startswith("argoproj.io")]

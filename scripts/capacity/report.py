@@ -102,6 +102,8 @@ w(f"- Machine: {any_report['machine'] if any_report else '?'}, {run['memory_gib'
   "everything below shares its cores: the four services (release build, one process each), PostgreSQL, "
   "a 6-node Redis Cluster and the load generator.")
 w(f"- Versions: ALP {run['commit']}, {run['rustc']}, {run['postgres']}, Redis {run['redis']}.")
+if run.get("workers"):
+    w(f"- Runtime workers per service, as the chart sizes them from each pod's CPU request: {run['workers']}.")
 w(f"- Data set: {run['learners']:,} learners, {run['items']:,} items in 20 courses of 25 skills with prerequisites, "
   f"{run['attempts_loaded']:,} attempts of history loaded through the APIs (`alp dataset`); in PostgreSQL "
   f"{run['postgres_rows']['attempts']:,} attempts and {run['postgres_rows']['memory_states']:,} memory states after the runs. "

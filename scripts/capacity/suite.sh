@@ -77,11 +77,17 @@ print(json.dumps(calls, sort_keys=True))'
 # is its own question: docs/performance.md).
 declare -A port=([scheduler]=50051 [user]=50052 [content]=50053 [scoring]=50054)
 declare -A metrics=([scheduler]=9471 [user]=9472 [content]=9473 [scoring]=9474)
+# Runtime workers as the chart gives each pod: its CPU request rounded up (helm/alp/values.yaml:
+# 750m, 500m, 600m, 1500m). ALP_CAPACITY_WORKERS=cores leaves tokio's default, one per core.
+declare -A workers=([scheduler]=1 [user]=1 [content]=1 [scoring]=2)
 watch=()
 start_suite() {
   local binary=$1
   for service in content scoring user scheduler; do
-    ALP_LOG=warn "$binary" serve "$service" --listen "127.0.0.1:${port[$service]}" \
+    # An empty TOKIO_WORKER_THREADS is refused, so the variable is set or absent (env execs: same pid).
+    local runtime=()
+    [ "${ALP_CAPACITY_WORKERS:-chart}" = cores ] || runtime=("TOKIO_WORKER_THREADS=${workers[$service]}")
+    env "${runtime[@]}" ALP_LOG=warn "$binary" serve "$service" --listen "127.0.0.1:${port[$service]}" \
       --metrics-listen "127.0.0.1:${metrics[$service]}" \
       --database-url "postgres://postgres@127.0.0.1:$pg_port/alp_$service" --redis-nodes "$redis_nodes" \
       >>"$work/logs/$service.log" 2>&1 &

@@ -232,6 +232,16 @@ spec:
             name: {{ include "alp.serviceName" . }}
       env:
         {{- include "alp.databaseEnv" . | nindent 8 }}
+        {{- if dig "resources" "requests" "cpu" "" $svc }}
+        # The runtime's workers by the pod's CPU request, rounded up, not by the node's cores:
+        # more workers than cores to run on keep waking each other (docs/performance.md).
+        - name: TOKIO_WORKER_THREADS
+          valueFrom:
+            resourceFieldRef:
+              containerName: {{ $name }}
+              resource: requests.cpu
+              divisor: "1"
+        {{- end }}
         {{- with $svc.env }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
