@@ -562,13 +562,23 @@ def test_alp_serve_runs_with_the_charts_environment_and_answers_its_probes(defau
     database = f"sqlite://{tmp_path / 'db.sqlite'}?mode=rwc"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALP_")}
     env.update(config_of(default, service))
-    port, metrics = free_port(), free_port()
     assert env["ALP_LISTEN"].startswith("0.0.0.0:") and env["ALP_METRICS_LISTEN"].startswith("0.0.0.0:")
-    env.update(ALP_LISTEN=f"127.0.0.1:{port}", ALP_METRICS_LISTEN=f"127.0.0.1:{metrics}", ALP_DATABASE_URL=database)
+    env.update(ALP_DATABASE_URL=database)
     migrated = subprocess.run([str(binary), "migrate", service], env=env, capture_output=True, text=True, check=False)
     assert migrated.returncode == 0, migrated.stderr
     container_args = container(of_kind(default, "Rollout")[name(service)])["args"]
-    server = subprocess.Popen([str(binary), *container_args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A free port can be taken by another process before the server binds it: then new ports.
+    for _ in range(3):
+        port, metrics = free_port(), free_port()
+        env.update(ALP_LISTEN=f"127.0.0.1:{port}", ALP_METRICS_LISTEN=f"127.0.0.1:{metrics}")
+        server = subprocess.Popen(
+            [str(binary), *container_args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            server.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            break
+        assert "Address already in use" in (refused := server.stderr.read()), refused
     try:
         entry = health_entry_from_proto(service)
         deadline = time.monotonic() + 20
