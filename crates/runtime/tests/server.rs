@@ -210,3 +210,56 @@ async fn a_watched_replica_leaves_when_not_ready_and_a_proxied_address_stays() {
     server.stop.cancel();
     tokio::time::timeout(PROMPTLY, server.task).await.unwrap().unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_recycling_aged_connections_costs_its_callers_nothing() {
+    use alp_runtime::client::{Downstream, DownstreamConfig, Method};
+
+    // Every connection is told to go after 1 s and cut 0.5 s later, health watches included.
+    let config = ServerConfig {
+        max_connection_age: Duration::from_secs(1),
+        max_connection_age_grace: Duration::from_millis(500),
+        ..config(Duration::ZERO, Duration::from_secs(5))
+    };
+    let server = start(config, Readiness::new()).await;
+    let probe = Downstream::connect("probe", ENTRY, DownstreamConfig::new(server.address.to_string())).await.unwrap();
+    let check = probe.rpc(Method::idempotent("Check"), alp_runtime::send!(HealthClient::check));
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    while probe.check_serving().is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the replica never reported SERVING");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Three connection lifetimes, with calls on every connection as it is recycled.
+    let until = tokio::time::Instant::now() + Duration::from_millis(4_800);
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let check = check.clone();
+            tokio::spawn(async move {
+                let mut failed = Vec::new();
+                while tokio::time::Instant::now() < until {
+                    if let Err(error) = check.call(HealthCheckRequest { service: ENTRY.to_owned() }).await {
+                        failed.push(error.to_string());
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                failed
+            })
+        })
+        .collect();
+    // A cut watch is reopened, not read as the replica going away (it used to leave the set for
+    // a retry's wait, and its callers answered degraded).
+    while tokio::time::Instant::now() < until {
+        assert_eq!(probe.check_serving(), Ok(()), "out of rotation while the server only recycled its connection");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // A call caught on a connection as it is cut is retried on the next one.
+    for caller in callers {
+        let failed = caller.await.unwrap();
+        assert!(failed.is_empty(), "{} calls failed: {:?}", failed.len(), &failed[..failed.len().min(3)]);
+    }
+
+    drop((probe, check));
+    server.stop.cancel();
+    tokio::time::timeout(PROMPTLY, server.task).await.unwrap().unwrap().unwrap();
+}

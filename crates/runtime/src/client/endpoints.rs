@@ -3,8 +3,11 @@
 //! Addresses come from a list of targets; names are resolved again every refresh (a headless
 //! Service's name yields every ready pod), and replicas that disappear from the answers are
 //! dropped. Each replica is followed through its health `Watch` stream: it leaves the set the
-//! moment it reports NOT_SERVING (a server draining before shutdown does so first), or its stream
-//! breaks (the process died), and comes back when it reports SERVING again.
+//! moment it reports NOT_SERVING (a server draining before shutdown does so first), or the watch
+//! cannot be reopened (the process died, or hangs), and comes back when it reports SERVING again.
+//! A watch that breaks after a long life is reopened at once and the replica keeps its last
+//! answer meanwhile: servers cut aged connections (`max_connection_age` plus its grace), and
+//! that is no verdict on the replica.
 //!
 //! A call goes to the less loaded of two replicas drawn at random among those SERVING (p2c, load
 //! = calls in flight); when none has reported yet, among those not yet heard from.
@@ -30,6 +33,11 @@ use super::AddressError;
 
 const WATCH_RETRY_MIN: Duration = Duration::from_millis(50);
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
+/// A watch that lived this long before it broke is reopened without a verdict; a shorter one
+/// counts as a failure, so a replica that keeps cutting its streams backs off and leaves.
+const WATCH_SETTLED: Duration = Duration::from_millis(250);
+/// Failed reopens after a settled watch broke before the replica is taken out of rotation.
+const WATCH_REPRIEVE: u32 = 2;
 
 /// What a replica last said about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,16 +327,27 @@ async fn watch_health(shared: Weak<Shared>, replica: Arc<Replica>) {
             Endpoints { shared }.report();
         }
     };
-    let Some(Some(service)) = shared.upgrade().map(|s| s.health_service.clone()) else { return };
+    let Some(Some((service, open_timeout))) =
+        shared.upgrade().map(|s| s.health_service.clone().map(|service| (service, s.connect_timeout)))
+    else {
+        return;
+    };
     let mut retry = WATCH_RETRY_MIN;
+    // Opens that may still fail before the replica is judged: after a settled watch broke, the
+    // channel may try the dead connection once more before it dials a new one.
+    let mut reprieve = 0;
     loop {
         let mut client = HealthClient::new(replica.channel.clone());
+        // Bounded: a hung process accepts the connection but never answers.
         let opened = tokio::select! {
             () = replica.stop.cancelled() => return,
-            opened = client.watch(HealthCheckRequest { service: service.clone() }) => opened,
+            opened = tokio::time::timeout(open_timeout, client.watch(HealthCheckRequest { service: service.clone() })) => opened,
         };
         match opened {
-            Ok(response) => {
+            Ok(Ok(response)) => {
+                reprieve = 0;
+                let opened_at = tokio::time::Instant::now();
+                let mut heard = false;
                 let mut stream = response.into_inner();
                 loop {
                     let message = tokio::select! {
@@ -337,6 +356,7 @@ async fn watch_health(shared: Weak<Shared>, replica: Arc<Replica>) {
                     };
                     match message {
                         Ok(Some(update)) => {
+                            heard = true;
                             retry = WATCH_RETRY_MIN;
                             let serving = update.status == ServingStatus::Serving as i32;
                             set(if serving { EndpointHealth::Serving } else { EndpointHealth::Down });
@@ -344,14 +364,19 @@ async fn watch_health(shared: Weak<Shared>, replica: Arc<Replica>) {
                         Ok(None) | Err(_) => break,
                     }
                 }
+                if heard && opened_at.elapsed() >= WATCH_SETTLED {
+                    reprieve = WATCH_REPRIEVE;
+                    continue;
+                }
                 set(EndpointHealth::Down);
             }
             // A server without a health service is taken at its word that it serves.
-            Err(status) if status.code() == tonic::Code::Unimplemented => {
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
                 set(EndpointHealth::Serving);
                 return;
             }
-            Err(_) => set(EndpointHealth::Down),
+            Ok(Err(_)) | Err(_) if reprieve > 0 => reprieve -= 1,
+            Ok(Err(_)) | Err(_) => set(EndpointHealth::Down),
         }
         tokio::select! {
             () = replica.stop.cancelled() => return,
