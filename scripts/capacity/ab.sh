@@ -31,6 +31,10 @@ say() { printf '\n== %s\n' "$*" >&2; }
 mkdir -p "$out/runs" "$work/logs"
 source scripts/capacity/suite.sh
 
+# Vacuumed and analysed first, so that autovacuum does not choose one run to be slower (on
+# 2026-12-06 a busy PostgreSQL raised single runs' CPU per request by a fifth or more).
+"$pg_bin/vacuumdb" -h 127.0.0.1 -p "$pg_port" -U postgres --all --analyze --quiet
+
 runs=()
 # An unmeasured run first: the request stream is the same every run, so the first would otherwise
 # meet an empty Redis and the caches' cold misses, and always on side A.
