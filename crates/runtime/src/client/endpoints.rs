@@ -327,8 +327,8 @@ async fn watch_health(shared: Weak<Shared>, replica: Arc<Replica>) {
             Endpoints { shared }.report();
         }
     };
-    let Some(Some((service, open_timeout))) =
-        shared.upgrade().map(|s| s.health_service.clone().map(|service| (service, s.connect_timeout)))
+    let Some((service, open_timeout)) =
+        shared.upgrade().and_then(|s| Some((s.health_service.clone()?, s.connect_timeout)))
     else {
         return;
     };
