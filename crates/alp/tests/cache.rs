@@ -56,13 +56,11 @@ async fn scheduler_reads_memory_from_the_cache(
     assert_eq!(repeated.1, first.1 + 3, "repeats come from Redis");
     assert_eq!(repeated.2, first.2, "and do not query the database");
 
-    // Around it, the learner's profile (user) and item difficulties (scoring) come from caches.
+    // Around it, the learner's profile comes from the user service's cache.
     let learners = cache_counts(handle, "learners");
-    let calibration = cache_counts(handle, "calibration");
     scheduler.next_items(next()).await.unwrap();
     assert!(cache_counts(handle, "learners").0 > learners.0, "the profile from the user service's cache");
     assert_eq!(cache_counts(handle, "learners").2, learners.2);
-    assert!(cache_counts(handle, "calibration").0 > calibration.0, "difficulties from scoring's cache");
     let models = cache_counts(handle, "learner_models");
     scheduler.next_items(next()).await.unwrap();
     assert_eq!(cache_counts(handle, "learner_models").1, models.1 + 1, "the learner's model from Redis");

@@ -13,6 +13,7 @@ use fsrs::MemoryState;
 use tonic::{Request, Response, Status};
 
 use crate::cache::ScoringCaches;
+use crate::calibration::Calibrations;
 use crate::error::ScoringError;
 use crate::fitter::Fitter;
 use crate::model::ability::{self, TestResponse};
@@ -27,6 +28,7 @@ use crate::validate;
 pub struct ScoringApi {
     store: ScoringStore,
     caches: ScoringCaches,
+    calibrations: Calibrations,
     /// FSRS-6 with the default parameters, for learners without a kept fit of their own.
     default_memory: Arc<MemoryModel>,
     fitter: Fitter,
@@ -41,11 +43,17 @@ impl std::fmt::Debug for ScoringApi {
 }
 
 impl ScoringApi {
-    pub fn new(store: ScoringStore, policies: crate::Policies, redis: Option<Redis>) -> Self {
+    pub fn new(
+        store: ScoringStore,
+        calibrations: Calibrations,
+        policies: crate::Policies,
+        redis: Option<Redis>,
+    ) -> Self {
         let caches = ScoringCaches::new(redis);
         Self {
             fitter: Fitter::new(store.clone(), policies.fitting, caches.clone()),
             caches,
+            calibrations,
             store,
             default_memory: Arc::new(MemoryModel::default()),
             ranking: Arc::new(policies.ranking),
@@ -123,14 +131,9 @@ impl ScoringService for ScoringApi {
         };
         let learner = self.caches.learner(&self.store, &request.learner_id).await?;
         let abilities = &learner.abilities;
-        let item_ids: Vec<String> = request
-            .candidates
-            .iter()
-            .map(|c| c.item_id.clone())
-            .chain(request.mock_test_answers.iter().map(|a| a.item_id.clone()))
-            .collect();
-        let calibration = self.caches.calibration(&self.store, &item_ids).await?;
-        let difficulty = |item_id: &str, initial: f64| calibration.get(item_id).map_or(initial, |e| e.value);
+        let difficulties = self
+            .calibrations
+            .difficulties(request.candidates.iter().map(|c| (c.item_id.as_str(), c.initial_difficulty)));
         let graph: HashMap<String, Vec<String>> =
             request.skill_graph.iter().map(|s| (s.skill_id.clone(), s.prerequisite_skill_ids.clone())).collect();
         let unmet = self.ranking.unmet_prerequisites(&graph, abilities);
@@ -161,23 +164,21 @@ impl ScoringService for ScoringApi {
                 skill_ids: c.skill_ids.clone(),
                 seen,
                 ability: ability::item_ability(abilities, &c.skill_ids),
-                difficulty: difficulty(&c.item_id, c.initial_difficulty),
+                difficulty: difficulties[i],
                 guess: ability::guess(c.choice_count),
                 blocked_by,
             });
         }
 
         if mode == Mode::MockTest {
+            let answered = request.mock_test_answers.iter().map(|a| (a.item_id.as_str(), a.initial_difficulty));
             let answers: Vec<Answer> = request
                 .mock_test_answers
                 .iter()
-                .map(|a| Answer {
+                .zip(self.calibrations.difficulties(answered))
+                .map(|(a, difficulty)| Answer {
                     item_id: a.item_id.clone(),
-                    response: TestResponse {
-                        difficulty: difficulty(&a.item_id, a.initial_difficulty),
-                        guess: ability::guess(a.choice_count),
-                        correct: a.correct,
-                    },
+                    response: TestResponse { difficulty, guess: ability::guess(a.choice_count), correct: a.correct },
                 })
                 .collect();
             // The test starts from the learner's practice ability on the skills it covers.
@@ -230,12 +231,8 @@ impl ScoringService for ScoringApi {
         let prior = prior(&request).map_err(ScoringError::from)?;
         // Cached models are enough: this writes nothing, and what counts is what the scheduler
         // records of the answer.
-        let (learner, calibration) = tokio::join!(
-            self.caches.learner(&self.store, &request.learner_id),
-            self.caches.calibration(&self.store, std::slice::from_ref(&request.item_id)),
-        );
-        let learner = learner?;
-        let difficulty = calibration?.get(&request.item_id).map_or(request.initial_difficulty, |e| e.value);
+        let learner = self.caches.learner(&self.store, &request.learner_id).await?;
+        let difficulty = self.calibrations.difficulties([(request.item_id.as_str(), request.initial_difficulty)])[0];
         let memory = self.learner_memory(&request.learner_id, learner.fit.as_ref());
         let answer = attempt::Answer {
             attempt_id: &request.attempt_id,
@@ -267,6 +264,7 @@ impl ScoringService for ScoringApi {
             start: self.ranking.target_success,
         };
         let outcome = self.store.apply_batch(&attempts, &practice).await.map_err(ScoringError::from)?;
+        self.calibrations.applied(outcome.calibrations);
         self.caches.learners_applied(&outcome.learners).await;
         for (learner_id, reviews) in outcome.reviews {
             self.fitter.reviews_counted(learner_id, reviews);

@@ -1,10 +1,8 @@
-//! Scoring's caches: item difficulty (read for every candidate of every ranking) and each
-//! learner's state (abilities, practice target, fitted parameters; read by every ranking).
+//! Scoring's cache of each learner's state (abilities, practice target, fitted parameters; read
+//! by every ranking). Item difficulties are held whole in process (`calibration.rs`).
 //!
-//! Item difficulty is not invalidated: it drifts by small Elo steps, so the cache only bounds
-//! how old a ranking's view may be (10 s in memory, a minute in Redis); a batch of applied
-//! attempts reads the database. A learner's state changes with their answers and may be read on
-//! any replica, so it lives in Redis alone: each batch of applied attempts writes the states of
+//! A learner's state changes with their answers and may be read on any replica, so it lives in
+//! Redis alone: each batch of applied attempts writes the states of
 //! its learners as it left them (read and written under the batch lock), and each fit drops it.
 //! Two replicas' batches for one learner a few milliseconds apart can write their states out of
 //! order; the learner's next batch puts the right one back.
@@ -18,27 +16,8 @@ use alp_runtime::redis::Redis;
 use crate::error::ScoringError;
 use crate::store::{Estimate, LearnerModels, PracticeTarget, ScoringStore, StoredFit};
 
-pub const CALIBRATION_CACHE: CacheSettings = CacheSettings {
-    name: "calibration",
-    l1_capacity: 200_000,
-    l1_ttl: Duration::from_secs(10),
-    l2_ttl: Duration::from_secs(60),
-};
-
 pub const LEARNER_CACHE: CacheSettings =
     CacheSettings { name: "learner_models", l1_capacity: 0, l1_ttl: Duration::ZERO, l2_ttl: Duration::from_secs(600) };
-
-/// An item's calibration as cached; `calibrated` false: no first attempt yet (the content's
-/// initial difficulty applies).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct CachedCalibration {
-    #[prost(bool, tag = "1")]
-    pub calibrated: bool,
-    #[prost(double, tag = "2")]
-    pub difficulty: f64,
-    #[prost(int64, tag = "3")]
-    pub attempts: i64,
-}
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct CachedLearner {
@@ -154,50 +133,12 @@ impl From<CachedLearner> for LearnerState {
 
 #[derive(Debug, Clone)]
 pub struct ScoringCaches {
-    calibration: Cache<CachedCalibration>,
     learners: Cache<CachedLearner>,
 }
 
 impl ScoringCaches {
     pub fn new(redis: Option<Redis>) -> Self {
-        Self { calibration: Cache::new(CALIBRATION_CACHE, redis.clone()), learners: Cache::new(LEARNER_CACHE, redis) }
-    }
-
-    /// Calibrated difficulties of the items that have any.
-    pub async fn calibration(
-        &self,
-        store: &ScoringStore,
-        item_ids: &[String],
-    ) -> Result<HashMap<String, Estimate>, ScoringError> {
-        let cached = self.calibration.get_many(item_ids).await;
-        let mut found = HashMap::with_capacity(item_ids.len());
-        let mut missing = Vec::new();
-        for (id, entry) in item_ids.iter().zip(cached) {
-            match entry {
-                Some(c) if c.calibrated => {
-                    found.insert(id.clone(), Estimate { value: c.difficulty, attempts: c.attempts });
-                }
-                Some(_) => {}
-                None => missing.push(id.clone()),
-            }
-        }
-        if !missing.is_empty() {
-            let fetched = store.calibration(&missing).await?;
-            let entries: Vec<(String, CachedCalibration)> = missing
-                .iter()
-                .map(|id| {
-                    let entry = fetched.get(id).map_or(CachedCalibration::default(), |e| CachedCalibration {
-                        calibrated: true,
-                        difficulty: e.value,
-                        attempts: e.attempts,
-                    });
-                    (id.clone(), entry)
-                })
-                .collect();
-            self.calibration.put_many(&entries).await;
-            found.extend(fetched);
-        }
-        Ok(found)
+        Self { learners: Cache::new(LEARNER_CACHE, redis) }
     }
 
     /// The learner's state as of their last applied attempt.
@@ -205,11 +146,8 @@ impl ScoringCaches {
         if let Some(cached) = self.learners.get(learner_id).await {
             return Ok(cached.into());
         }
-        let state = LearnerState {
-            abilities: store.abilities(learner_id).await?,
-            practice: store.practice_target(learner_id).await?,
-            fit: store.parameter_fit(learner_id).await?,
-        };
+        let models = store.learner_models(learner_id).await?;
+        let state = LearnerState { abilities: models.abilities, practice: models.practice, fit: models.fit };
         self.learners.put(learner_id, CachedLearner::from(&state)).await;
         Ok(state)
     }

@@ -2,6 +2,7 @@
 
 mod api;
 pub mod cache;
+pub mod calibration;
 mod error;
 pub mod fitter;
 pub mod model;
@@ -18,12 +19,13 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 
 pub use api::ScoringApi;
+pub use calibration::Calibrations;
 pub use error::ScoringError;
 pub use fitter::FitPolicy;
 pub use model::attempt::{PracticePolicy, Recorded};
 pub use model::mock_test::MockTestPolicy;
 pub use model::ranking::RankingPolicy;
-pub use store::{BatchApplied, Estimate, LearnerModels, PracticeTarget, ScoringStore, StoredFit};
+pub use store::{BatchApplied, CalibrationRow, Estimate, LearnerModels, PracticeTarget, ScoringStore, StoredFit};
 
 pub const SERVICE_NAME: &str = scoring_service_server::SERVICE_NAME;
 
@@ -49,6 +51,12 @@ pub const MIGRATIONS: &[MigrationStep] = &[
         description: "learner parameters",
         postgres: include_str!("../migrations/postgres/0003_learner_parameters.sql"),
         sqlite: include_str!("../migrations/sqlite/0003_learner_parameters.sql"),
+    },
+    MigrationStep {
+        version: 4,
+        description: "calibration versions",
+        postgres: include_str!("../migrations/postgres/0004_calibration_versions.sql"),
+        sqlite: include_str!("../migrations/sqlite/0004_calibration_versions.sql"),
     },
 ];
 
@@ -169,7 +177,10 @@ pub async fn serve_with_shutdown(
     let db = Database::connect(&config.database).await?;
     db.ensure_migrated("scoring", MIGRATIONS).await?;
     let redis = Redis::connect_optional(config.redis.as_ref(), REDIS_PREFIX).map_err(ServeError::Setup)?;
-    let api = ScoringApi::new(ScoringStore::new(db.clone()), config.policies.clone(), redis.clone());
+    let store = ScoringStore::new(db.clone());
+    let calibrations = Calibrations::load(&store).await.map_err(|e| ServeError::Setup(format!("calibrations: {e}")))?;
+    calibrations.follow(store.clone());
+    let api = ScoringApi::new(store, calibrations, config.policies.clone(), redis.clone());
     let routes = Routes::new(ScoringServiceServer::new(api).max_decoding_message_size(config.server.max_message_bytes));
     let readiness = Readiness::new().with_database(db.clone()).with_redis(redis);
     let result = server::run(SERVICE_NAME, routes, &config.server, listener, readiness, shutdown).await;

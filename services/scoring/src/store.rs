@@ -24,6 +24,16 @@ pub struct BatchApplied {
     pub learners: Vec<LearnerModels>,
     /// Each learner's review count after the batch, for those it gave reviews.
     pub reviews: HashMap<String, i64>,
+    /// The calibrations the batch moved, as written.
+    pub calibrations: Vec<CalibrationRow>,
+}
+
+/// An item's calibration with the version of the batch that wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalibrationRow {
+    pub item_id: String,
+    pub estimate: Estimate,
+    pub version: i64,
 }
 
 /// What scoring keeps of one learner, as a batch left it.
@@ -103,32 +113,66 @@ impl ScoringStore {
         Self { db }
     }
 
-    /// The learner's abilities on every skill they have attempted.
-    pub async fn abilities(&self, learner_id: &str) -> Result<HashMap<String, Estimate>, StoreError> {
-        let rows = sqlx::query("SELECT skill_id, ability, attempt_count FROM learner_skills WHERE learner_id = $1")
-            .bind(learner_id)
-            .fetch_all(self.db.pool())
-            .await?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, Estimate { value: r.try_get(1)?, attempts: r.try_get(2)? }))).collect()
-    }
-
-    /// Calibrated difficulties of the items that have any.
-    pub async fn calibration(&self, item_ids: &[String]) -> Result<HashMap<String, Estimate>, StoreError> {
-        let mut found = HashMap::new();
-        for chunk in item_ids.chunks(500) {
-            let sql = format!(
-                "SELECT item_id, difficulty, attempt_count FROM item_calibration WHERE item_id IN ({})",
-                placeholders(1, chunk.len())
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(id.clone());
+    /// Everything scoring keeps of one learner, in one statement: a row per skill attempted
+    /// (one with no skill before any), each carrying the practice target and the latest fit.
+    pub async fn learner_models(&self, learner_id: &str) -> Result<LearnerModels, StoreError> {
+        let sql = format!(
+            "SELECT s.skill_id, s.ability, s.attempt_count,
+                    p.correction, p.rolling_success, p.first_attempts, {}
+             FROM (SELECT $1 AS learner_id) l
+             LEFT JOIN learner_skills s ON s.learner_id = l.learner_id
+             LEFT JOIN practice_targets p ON p.learner_id = l.learner_id
+             LEFT JOIN learner_parameters f ON f.learner_id = l.learner_id",
+            FIT_COLUMNS.split(", ").map(|c| format!("f.{c}")).collect::<Vec<_>>().join(", ")
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(learner_id).fetch_all(self.db.pool()).await?;
+        let mut models = LearnerModels { learner_id: learner_id.to_owned(), ..LearnerModels::default() };
+        for (i, r) in rows.iter().enumerate() {
+            if let Some(skill_id) = r.try_get::<Option<String>, _>(0)? {
+                models.abilities.insert(skill_id, Estimate { value: r.try_get(1)?, attempts: r.try_get(2)? });
             }
-            for r in query.fetch_all(self.db.pool()).await? {
-                found.insert(r.try_get(0)?, Estimate { value: r.try_get(1)?, attempts: r.try_get(2)? });
+            if i > 0 {
+                continue;
+            }
+            if let Some(correction) = r.try_get::<Option<f64>, _>(3)? {
+                models.practice =
+                    Some(PracticeTarget { correction, rolling_success: r.try_get(4)?, first_attempts: r.try_get(5)? });
+            }
+            if r.try_get::<Option<String>, _>(6)?.is_some() {
+                models.fit = Some(fit_from_row(r, 6)?);
             }
         }
-        Ok(found)
+        Ok(models)
+    }
+
+    /// Calibrations in (version, item id) order, from just past `after` (from the first when
+    /// None), at most `limit` of them: a copy that read up to some row catches up by reading on
+    /// from it, since each batch's version is higher than every committed one.
+    pub async fn calibrations_after(
+        &self,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<CalibrationRow>, StoreError> {
+        let (version, item_id) = after.unwrap_or((i64::MIN, ""));
+        let rows = sqlx::query(
+            "SELECT item_id, difficulty, attempt_count, version FROM item_calibration
+             WHERE version > $1 OR (version = $1 AND item_id > $2)
+             ORDER BY version, item_id LIMIT $3",
+        )
+        .bind(version)
+        .bind(item_id)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CalibrationRow {
+                    item_id: r.try_get(0)?,
+                    estimate: Estimate { value: r.try_get(1)?, attempts: r.try_get(2)? },
+                    version: r.try_get(3)?,
+                })
+            })
+            .collect()
     }
 
     /// Applies recorded attempts in one transaction, in the order given, each once: an attempt
@@ -242,19 +286,30 @@ impl ScoringStore {
         }
         let calibrated: Vec<(&String, Estimate)> =
             changes.items.iter().filter_map(|i| Some((i, *models.calibration.get(i)?))).collect();
-        for chunk in calibrated.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO item_calibration (item_id, difficulty, attempt_count, update_time) VALUES {}
-                 ON CONFLICT (item_id) DO UPDATE SET
-                    difficulty = excluded.difficulty, attempt_count = excluded.attempt_count,
-                    update_time = excluded.update_time",
-                value_rows(1, chunk.len(), 4)
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for (item, e) in chunk {
-                query = query.bind(*item).bind(e.value).bind(e.attempts).bind(now);
+        if !calibrated.is_empty() {
+            // Under the batch lock: versions are handed out in commit order.
+            let version: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) + 1 FROM item_calibration")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            for chunk in calibrated.chunks(ROWS_PER_STATEMENT) {
+                let sql = format!(
+                    "INSERT INTO item_calibration (item_id, difficulty, attempt_count, update_time, version) VALUES {}
+                     ON CONFLICT (item_id) DO UPDATE SET
+                        difficulty = excluded.difficulty, attempt_count = excluded.attempt_count,
+                        update_time = excluded.update_time, version = excluded.version",
+                    value_rows(1, chunk.len(), 5)
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for (item, e) in chunk {
+                    query = query.bind(*item).bind(e.value).bind(e.attempts).bind(now).bind(version);
+                }
+                query.execute(&mut *tx).await?;
             }
-            query.execute(&mut *tx).await?;
+            outcome.calibrations = calibrated
+                .iter()
+                .map(|(item, e)| CalibrationRow { item_id: (*item).clone(), estimate: *e, version })
+                .collect();
         }
         let targets: Vec<(&String, PracticeTarget)> =
             changes.practice.iter().filter_map(|l| Some((l, *models.practice.get(l)?))).collect();
@@ -301,23 +356,6 @@ impl ScoringStore {
             .collect();
         outcome.applied = fresh.into_iter().map(|a| a.attempt_id.clone()).collect();
         Ok(outcome)
-    }
-    /// The learner's practice target correction; None before their first practice attempt.
-    pub async fn practice_target(&self, learner_id: &str) -> Result<Option<PracticeTarget>, StoreError> {
-        let row = sqlx::query(
-            "SELECT correction, rolling_success, first_attempts FROM practice_targets WHERE learner_id = $1",
-        )
-        .bind(learner_id)
-        .fetch_optional(self.db.pool())
-        .await?;
-        row.map(|r| {
-            Ok(PracticeTarget {
-                correction: r.try_get(0)?,
-                rolling_success: r.try_get(1)?,
-                first_attempts: r.try_get(2)?,
-            })
-        })
-        .transpose()
     }
 
     /// The learner's answers per item, oldest first (attempts applied before ratings were kept

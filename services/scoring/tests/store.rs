@@ -3,8 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use alp_proto::common::v1::Rating;
-use alp_runtime::testing::on_every_backend;
-use alp_scoring::{Estimate, MIGRATIONS, PracticePolicy, Recorded, ScoringStore, StoredFit};
+use alp_runtime::testing::{eventually, on_every_backend};
+use std::collections::HashMap;
+
+use alp_scoring::{Calibrations, Estimate, MIGRATIONS, PracticePolicy, Recorded, ScoringStore, StoredFit};
 
 const PRACTICE: PracticePolicy = PracticePolicy { step_correct: -0.002, step_wrong: 0.008, limit: 0.15, start: 0.8 };
 
@@ -25,6 +27,20 @@ fn first(attempt: &str, learner: &str, item: &str, correct: bool) -> Recorded {
     }
 }
 
+/// Every calibration, read in pages of `page` rows, each row once.
+async fn calibrations(store: &ScoringStore, page: usize) -> HashMap<String, Estimate> {
+    let mut found = HashMap::new();
+    let mut after: Option<(i64, String)> = None;
+    loop {
+        let rows = store.calibrations_after(after.as_ref().map(|(v, id)| (*v, id.as_str())), page).await.unwrap();
+        let Some(last) = rows.last() else { return found };
+        after = Some((last.version, last.item_id.clone()));
+        for row in rows {
+            assert!(found.insert(row.item_id.clone(), row.estimate).is_none(), "{} read twice", row.item_id);
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_attempt_is_applied_once_however_often_it_arrives() {
     on_every_backend("scoring", MIGRATIONS, |db| async move {
@@ -40,12 +56,12 @@ async fn an_attempt_is_applied_once_however_often_it_arrives() {
         assert_eq!((again.applied.len(), again.duplicates), (0, 1), "a batch delivered again changes nothing");
 
         // Even odds: the step is K(0)·(1 − 0.5) = 0.4 each way.
-        assert_eq!(store.abilities("l1").await.unwrap()["s1"], Estimate { value: 0.4, attempts: 1 });
-        let calibration = store.calibration(&["i1".into(), "i2".into()]).await.unwrap();
-        assert_eq!(calibration.len(), 1);
+        assert_eq!(store.learner_models("l1").await.unwrap().abilities["s1"], Estimate { value: 0.4, attempts: 1 });
+        let calibration = calibrations(&store, 100).await;
+        assert_eq!(calibration.len(), 1, "items answered, no others");
         assert_eq!(calibration["i1"], Estimate { value: -0.4, attempts: 1 });
         assert_eq!(store.attempt_count("l1").await.unwrap(), 1);
-        let target = store.practice_target("l1").await.unwrap().unwrap();
+        let target = store.learner_models("l1").await.unwrap().practice.unwrap();
         assert_eq!(target.first_attempts, 1);
     })
     .await;
@@ -68,19 +84,19 @@ async fn a_batch_gives_the_models_that_its_attempts_one_by_one_give() {
             store.apply_batch(&[attempt], &PRACTICE).await.unwrap();
         }
         for l in 0..4 {
-            let b = store.abilities(&format!("b-l{l}")).await.unwrap()["s1"];
-            let s = store.abilities(&format!("s-l{l}")).await.unwrap()["s1"];
+            let b = store.learner_models(&format!("b-l{l}")).await.unwrap().abilities["s1"];
+            let s = store.learner_models(&format!("s-l{l}")).await.unwrap().abilities["s1"];
             assert_eq!(b.attempts, s.attempts);
             assert!((b.value - s.value).abs() < 1e-9, "l{l}: {b:?} vs {s:?}");
             let (bt, st) = (
-                store.practice_target(&format!("b-l{l}")).await.unwrap().unwrap(),
-                store.practice_target(&format!("s-l{l}")).await.unwrap().unwrap(),
+                store.learner_models(&format!("b-l{l}")).await.unwrap().practice.unwrap(),
+                store.learner_models(&format!("s-l{l}")).await.unwrap().practice.unwrap(),
             );
             assert!((bt.correction - st.correction).abs() < 1e-9 && bt.first_attempts == st.first_attempts);
         }
+        let found = calibrations(&store, 100).await;
         for i in 0..3 {
             let ids = [format!("b-i{i}"), format!("s-i{i}")];
-            let found = store.calibration(&ids).await.unwrap();
             assert_eq!(found[&ids[0]].attempts, 10);
             assert!((found[&ids[0]].value - found[&ids[1]].value).abs() < 1e-9, "i{i}");
         }
@@ -105,8 +121,8 @@ async fn concurrent_batches_lose_no_update() {
         for task in tasks {
             assert_eq!(task.await.unwrap().applied.len(), 5);
         }
-        assert_eq!(store.abilities("l1").await.unwrap()["s1"].attempts, 40);
-        assert_eq!(store.practice_target("l1").await.unwrap().unwrap().first_attempts, 40);
+        assert_eq!(store.learner_models("l1").await.unwrap().abilities["s1"].attempts, 40);
+        assert_eq!(store.learner_models("l1").await.unwrap().practice.unwrap().first_attempts, 40);
         assert_eq!(store.attempt_count("l1").await.unwrap(), 40);
     })
     .await;
@@ -124,9 +140,71 @@ async fn large_batches_and_id_lists_go_in_chunks() {
             .collect();
         let applied = store.apply_batch(&batch, &PRACTICE).await.unwrap();
         assert_eq!(applied.applied.len(), 1500);
-        let ids: Vec<String> = (0..1200).map(|n| format!("i{n}")).chain(["none".to_owned()]).collect();
-        assert_eq!(store.calibration(&ids).await.unwrap().len(), 1200);
-        assert_eq!(store.abilities("l0").await.unwrap()["s2"].attempts, 3);
+        assert_eq!(calibrations(&store, 100).await.len(), 1500, "read in pages");
+        assert_eq!(store.learner_models("l0").await.unwrap().abilities["s2"].attempts, 3);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn each_replica_ranks_with_every_batchs_calibrations() {
+    on_every_backend("scoring", MIGRATIONS, |db| async move {
+        let store = ScoringStore::new(db);
+        store.apply_batch(&[first("a0", "l0", "i0", true)], &PRACTICE).await.unwrap();
+        let (here, there) = (Calibrations::load(&store).await.unwrap(), Calibrations::load(&store).await.unwrap());
+        let difficulties = |c: &Calibrations| c.difficulties([("i0", 9.0), ("i1", 9.0), ("i2", 9.0)]);
+        assert_eq!(difficulties(&here), [-0.4, 9.0, 9.0], "loaded at start; the initial difficulty where none");
+
+        // Batches from eight replicas at once, each moving i1 and an item of its own.
+        let tasks: Vec<_> = (0..8)
+            .map(|b| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let batch = [first(&format!("b{b}"), "l1", "i1", true), first(&format!("c{b}"), "l1", "i2", b < 4)];
+                    store.apply_batch(&batch, &PRACTICE).await.unwrap()
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap());
+        }
+        let mut versions: Vec<i64> = outcomes.iter().map(|o| o.calibrations[0].version).collect();
+        versions.sort_unstable();
+        versions.dedup();
+        assert_eq!(versions.len(), 8, "each batch has a version of its own");
+
+        // `here` applied the batches (in the order they finished, not their versions');
+        // `there` reads them from the database.
+        for outcome in outcomes.into_iter().rev() {
+            here.applied(outcome.calibrations);
+        }
+        assert_eq!(difficulties(&there)[1], 9.0, "not read yet");
+        there.catch_up(&store).await.unwrap();
+        let latest = calibrations(&store, 100).await;
+        let expected = [latest["i0"].value, latest["i1"].value, latest["i2"].value];
+        assert_eq!(latest["i1"].attempts, 8);
+        assert_eq!(difficulties(&here), expected, "the newest version wins whatever the order");
+        assert_eq!(difficulties(&there), expected);
+
+        store.apply_batch(&[first("a9", "l9", "i0", false)], &PRACTICE).await.unwrap();
+        there.catch_up(&store).await.unwrap();
+        assert!(difficulties(&there)[0] > expected[0], "a later batch is read past the last one");
+    })
+    .await;
+}
+
+/// The refresh is a background task on a real database, so this waits for it.
+#[tokio::test]
+async fn a_replica_reads_other_replicas_batches_in_the_background() {
+    on_every_backend("scoring", MIGRATIONS, |db| async move {
+        let store = ScoringStore::new(db);
+        let calibrations = Calibrations::load(&store).await.unwrap();
+        calibrations.follow(store.clone());
+        store.apply_batch(&[first("a0", "l0", "i0", true)], &PRACTICE).await.unwrap();
+        assert_eq!(calibrations.difficulties([("i0", 9.0)]), [9.0]);
+        let read = || async { calibrations.difficulties([("i0", 9.0)]) == [-0.4] };
+        eventually("the refresh reads the batch", read).await;
     })
     .await;
 }
@@ -135,25 +213,25 @@ async fn large_batches_and_id_lists_go_in_chunks() {
 async fn practice_corrections_add_up_within_their_limit_and_the_success_rate_rolls() {
     on_every_backend("scoring", MIGRATIONS, |db| async move {
         let store = ScoringStore::new(db);
-        assert!(store.practice_target("l1").await.unwrap().is_none());
+        assert!(store.learner_models("l1").await.unwrap().practice.is_none());
         let wrong = |n: usize| first(&format!("p{n}"), "l1", &format!("i{n}"), false);
         store.apply_batch(&(0..10).map(wrong).collect::<Vec<_>>(), &PRACTICE).await.unwrap();
-        let target = store.practice_target("l1").await.unwrap().unwrap();
+        let target = store.learner_models("l1").await.unwrap().practice.unwrap();
         assert_eq!(target.first_attempts, 10);
         assert!((target.correction - 0.08).abs() < 1e-9, "{target:?}");
         // Ten failures pull the rolling rate from 0.8 by 5 % each.
         assert!((target.rolling_success - 0.8 * 0.95f64.powi(10)).abs() < 1e-9, "{target:?}");
 
         store.apply_batch(&(10..40).map(wrong).collect::<Vec<_>>(), &PRACTICE).await.unwrap();
-        let target = store.practice_target("l1").await.unwrap().unwrap();
+        let target = store.learner_models("l1").await.unwrap().practice.unwrap();
         assert!((target.correction - 0.15).abs() < 1e-9, "held at the limit: {target:?}");
         store.apply_batch(&[first("p40", "l1", "i40", true)], &PRACTICE).await.unwrap();
-        let target = store.practice_target("l1").await.unwrap().unwrap();
+        let target = store.learner_models("l1").await.unwrap().practice.unwrap();
         assert!((target.correction - 0.148).abs() < 1e-9, "comes back from the limit at once: {target:?}");
         // A mock test measures: it leaves the practice target alone.
         store.apply_batch(&[Recorded { mock_test: true, ..first("m1", "l1", "i41", true) }], &PRACTICE).await.unwrap();
-        assert_eq!(store.practice_target("l1").await.unwrap().unwrap().first_attempts, 41);
-        assert!(store.practice_target("l2").await.unwrap().is_none());
+        assert_eq!(store.learner_models("l1").await.unwrap().practice.unwrap().first_attempts, 41);
+        assert!(store.learner_models("l2").await.unwrap().practice.is_none());
     })
     .await;
 }
@@ -198,7 +276,23 @@ async fn reviews_are_counted_and_kept_as_histories_next_to_the_latest_fit() {
         assert_eq!(store.parameter_fit("l1").await.unwrap(), Some(fit.clone()), "parameters survive exactly");
         let later = StoredFit { kept: false, reviews: 1300, ..fit };
         store.save_fit("l1", &later).await.unwrap();
-        assert_eq!(store.parameter_fit("l1").await.unwrap(), Some(later));
+        assert_eq!(store.parameter_fit("l1").await.unwrap(), Some(later.clone()));
+
+        // The whole model in one read: every skill, each with the target and the fit beside it.
+        let skills = Recorded { skill_ids: vec!["s1".into(), "s2".into()], ..first("r5", "l1", "i3", true) };
+        store.apply_batch(&[skills], &PRACTICE).await.unwrap();
+        let models = store.learner_models("l1").await.unwrap();
+        assert_eq!((models.abilities.len(), models.abilities["s2"].attempts), (2, 1));
+        assert_eq!(models.practice.unwrap().first_attempts, 3);
+        assert_eq!(models.fit, Some(later.clone()));
+        store.save_fit("l3", &later).await.unwrap();
+        let fitted_only = store.learner_models("l3").await.unwrap();
+        assert!(fitted_only.abilities.is_empty() && fitted_only.practice.is_none());
+        assert_eq!(fitted_only.fit, Some(later));
+        assert_eq!(
+            store.learner_models("nobody").await.unwrap(),
+            alp_scoring::LearnerModels { learner_id: "nobody".into(), ..Default::default() }
+        );
     })
     .await;
 }
