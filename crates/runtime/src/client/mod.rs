@@ -16,6 +16,7 @@ mod config;
 mod endpoints;
 mod retry;
 mod rpc;
+mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ pub use config::{ClientArgs, DownstreamConfig};
 pub use endpoints::{EndpointHealth, Endpoints};
 pub use retry::{RetryConfig, Retrying};
 pub use rpc::{Downstream, Method, Rpc, SendFn, deadline_for};
+pub use transport::Transport;
 
 use crate::ErrorKind;
 use crate::metrics::code_name;

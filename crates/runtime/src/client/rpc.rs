@@ -7,21 +7,21 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tower::retry::budget::TpsBudget;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
 use super::endpoints::Endpoints;
 use super::retry::Retrying;
+use super::transport::Transport;
 use super::{AddressError, Call, CallError, DownstreamConfig};
 use crate::breaker::{CircuitBreaker, classify};
 use crate::metrics::code_name;
 
-/// Sends one request on a channel: the generated client's method, e.g.
-/// `|channel, request| ContentServiceClient::new(channel).get_item(request).boxed()`.
+/// Sends one request on a replica: the generated client's method, e.g.
+/// `|transport, request| ContentServiceClient::new(transport).get_item(request).boxed()`.
 pub type SendFn<Req, Resp> =
-    fn(Channel, tonic::Request<Req>) -> BoxFuture<'static, Result<tonic::Response<Resp>, tonic::Status>>;
+    fn(Transport, tonic::Request<Req>) -> BoxFuture<'static, Result<tonic::Response<Resp>, tonic::Status>>;
 
 /// What differs between the methods of one downstream.
 #[derive(Debug, Clone, Copy)]
@@ -336,7 +336,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Service<Call<Req>> for Unary<Req
             }
             let mut request = tonic::Request::new(call.message);
             request.set_timeout(call.deadline - now);
-            let answered = tokio::time::timeout_at(call.deadline, send(picked.channel(), request)).await;
+            let answered =
+                tokio::time::timeout_at(call.deadline, send(Transport::new(picked.channel()), request)).await;
             drop(picked);
             match answered {
                 Ok(Ok(response)) => Ok(response.into_inner()),
