@@ -10,7 +10,7 @@ use alp_proto::common::v1::{Mode, Reason};
 use alp_proto::content::v1::Item;
 use alp_proto::scheduler::v1::scheduler_service_server::SchedulerService;
 use alp_proto::scheduler::v1::*;
-use alp_proto::scoring::v1::{Candidate, ScoreCandidatesRequest, ScoredItem, TestAnswer};
+use alp_proto::scoring::v1::{ScoredItem, TestAnswer};
 use alp_runtime::FieldViolation;
 use alp_runtime::page;
 use alp_runtime::time::{millis, now_millis, timestamp, timestamp_millis};
@@ -22,6 +22,7 @@ use crate::cache::{CachedMemory, CachedMemoryStates, SchedulerCaches, memory_key
 use crate::downstream::{Downstreams, choice_count};
 use crate::error::SchedulerError;
 use crate::outbox::Relay;
+use crate::score_request::{CandidateRef, ScoreRequest};
 use crate::store::{ExportFilter, MemoryRow, SchedulerStore};
 use crate::submit_attempt::{AttemptRecorder, Submission, Submitted};
 
@@ -85,12 +86,9 @@ fn mode(value: i32) -> Result<Mode, FieldViolation> {
     }
 }
 
-fn candidate(item: &Item, memory: Option<&MemoryRow>) -> Candidate {
-    Candidate {
-        item_id: item.item_id.clone(),
-        skill_ids: item.skill_ids.clone(),
-        initial_difficulty: item.difficulty,
-        choice_count: choice_count(item),
+fn candidate(item: &Arc<Item>, memory: Option<&MemoryRow>) -> CandidateRef {
+    CandidateRef {
+        item: Arc::clone(item),
         memory: memory.map(MemoryRow::memory),
         last_review_time: memory.map(|m| timestamp(m.last_review_ms)),
         due_time: memory.map(|m| timestamp(m.due_ms)),
@@ -100,14 +98,14 @@ fn candidate(item: &Item, memory: Option<&MemoryRow>) -> Candidate {
 
 /// When scoring is unavailable: due reviews soonest first, then new items in course order, then
 /// (practice only) reviews not yet due, soonest first, so practice never runs dry.
-fn fallback_ranking(candidates: &[Candidate], mode: Mode, count: usize, now: i64) -> Vec<ScoredItem> {
-    let due_ms = |c: &Candidate| c.due_time.as_ref().map(timestamp_millis);
-    let mut reviews: Vec<&Candidate> = candidates.iter().filter(|c| due_ms(c).is_some()).collect();
+fn fallback_ranking(candidates: &[CandidateRef], mode: Mode, count: usize, now: i64) -> Vec<ScoredItem> {
+    let due_ms = |c: &CandidateRef| c.due_time.as_ref().map(timestamp_millis);
+    let mut reviews: Vec<&CandidateRef> = candidates.iter().filter(|c| due_ms(c).is_some()).collect();
     reviews.sort_by_key(|c| due_ms(c));
-    let (due, early): (Vec<&Candidate>, Vec<&Candidate>) =
+    let (due, early): (Vec<&CandidateRef>, Vec<&CandidateRef>) =
         reviews.into_iter().partition(|c| due_ms(c).is_some_and(|d| d <= now));
     let fresh = candidates.iter().filter(|c| c.memory.is_none());
-    let picked: Vec<(&Candidate, Reason)> = match mode {
+    let picked: Vec<(&CandidateRef, Reason)> = match mode {
         Mode::Review => due.into_iter().map(|c| (c, Reason::DueReview)).collect(),
         Mode::MockTest => fresh.map(|c| (c, Reason::MockTest)).collect(),
         _ => due
@@ -122,7 +120,7 @@ fn fallback_ranking(candidates: &[Candidate], mode: Mode, count: usize, now: i64
         .take(count)
         .enumerate()
         .map(|(rank, (c, reason))| ScoredItem {
-            item_id: c.item_id.clone(),
+            item_id: c.item.item_id.clone(),
             reason: reason as i32,
             score: -(rank as f64),
             predicted_recall: 0.0,
@@ -187,7 +185,11 @@ impl SchedulerService for SchedulerApi {
         };
         let skill_graph = async {
             // The prerequisite gate holds back new items in practice only.
-            if mode == Mode::Practice { self.downstream.skill_graph(&request.course_id).await } else { Ok(Vec::new()) }
+            if mode == Mode::Practice {
+                self.downstream.skill_graph(&request.course_id).await
+            } else {
+                Ok(Arc::default())
+            }
         };
         let (course, skill_graph) = tokio::try_join!(self.downstream.course_items(&request.course_id), skill_graph)?;
         let unseen = course.unseen(&seen, want_new);
@@ -203,14 +205,12 @@ impl SchedulerService for SchedulerApi {
 
         let pool: Vec<Arc<Item>> = fetched.into_iter().chain(unseen).collect();
         let items: HashMap<&str, &Item> = pool.iter().map(|item| (item.item_id.as_str(), item.as_ref())).collect();
-        let eligible: Vec<&Item> = pool
-            .iter()
-            .map(Arc::as_ref)
-            .filter(|item| !item.retired && !answered.contains(item.item_id.as_str()))
-            .collect();
-        // Built again for the fallback rather than copied for every request.
-        let candidates =
-            || eligible.iter().map(|item| candidate(item, memory.get(item.item_id.as_str()).copied())).collect();
+        let candidates: Arc<Vec<CandidateRef>> = Arc::new(
+            pool.iter()
+                .filter(|item| !item.retired && !answered.contains(item.item_id.as_str()))
+                .map(|item| candidate(item, memory.get(item.item_id.as_str()).copied()))
+                .collect(),
+        );
         let mock_test_answers: Vec<TestAnswer> = answers
             .iter()
             .filter_map(|(item_id, correct)| {
@@ -224,22 +224,22 @@ impl SchedulerService for SchedulerApi {
                 })
             })
             .collect();
-        if eligible.is_empty() && mode != Mode::MockTest {
+        if candidates.is_empty() && mode != Mode::MockTest {
             return Ok(Response::new(NextItemsResponse::default()));
         }
 
         let scored = self
             .downstream
             .score_candidates
-            .call(ScoreCandidatesRequest {
+            .call(ScoreRequest {
                 learner_id: request.learner_id.clone(),
-                candidates: candidates(),
+                candidates: Arc::clone(&candidates),
                 mode: mode as i32,
                 count,
                 desired_retention: retention,
                 now: Some(timestamp(now)),
                 skill_graph,
-                mock_test_answers,
+                mock_test_answers: Arc::new(mock_test_answers),
             })
             .await;
         let (ranked, mock_test, degraded_reason) = match scored {
@@ -247,11 +247,7 @@ impl SchedulerService for SchedulerApi {
             Err(error) if error.is_outage() => {
                 tracing::warn!(%error, "scoring unavailable; local fallback ranking");
                 metrics::counter!("alp_scheduler_degraded_total").increment(1);
-                (
-                    fallback_ranking(&candidates(), mode, count as usize, now),
-                    None,
-                    format!("fallback ordering; {error}"),
-                )
+                (fallback_ranking(&candidates, mode, count as usize, now), None, format!("fallback ordering; {error}"))
             }
             // Scoring refused the request: a bug here, not an outage to hide.
             Err(error) => return Err(SchedulerError::Downstream(error).into()),

@@ -16,7 +16,7 @@ use alp_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
 use alp_proto::scoring::v1::scoring_service_server::SERVICE_NAME as SCORING_SERVICE;
 use alp_proto::scoring::v1::{
     ApplyAttemptsRequest, ApplyAttemptsResponse, EvaluateAttemptRequest, EvaluateAttemptResponse,
-    ScoreCandidatesRequest, ScoreCandidatesResponse, SkillPrerequisites,
+    ScoreCandidatesResponse, SkillPrerequisites,
 };
 use alp_proto::user::v1::user_service_client::UserServiceClient;
 use alp_proto::user::v1::user_service_server::SERVICE_NAME as USER_SERVICE;
@@ -34,6 +34,7 @@ use crate::cache::ITEM_COPIES;
 use crate::catalogue::Catalogue;
 use crate::error::SchedulerError;
 use crate::outbox::{Consumer, Deliver};
+use crate::score_request::{self, ScoreRequest};
 
 const DEFAULT_RETENTION: f64 = 0.90;
 
@@ -70,7 +71,7 @@ pub struct Downstreams {
     batch_get_items: Rpc<BatchGetItemsRequest, BatchGetItemsResponse>,
     list_items: Rpc<ListItemsRequest, ListItemsResponse>,
     list_skills: Rpc<ListSkillsRequest, ListSkillsResponse>,
-    pub score_candidates: Rpc<ScoreCandidatesRequest, ScoreCandidatesResponse>,
+    pub score_candidates: Rpc<ScoreRequest, ScoreCandidatesResponse>,
     pub evaluate_attempt: Rpc<EvaluateAttemptRequest, EvaluateAttemptResponse>,
     apply_attempts: Rpc<ApplyAttemptsRequest, ApplyAttemptsResponse>,
     record_progress: Rpc<RecordProgressRequest, RecordProgressResponse>,
@@ -128,8 +129,7 @@ impl Downstreams {
             // Idempotent by the attempt id: scoring applies each attempt once.
             apply_attempts: scoring
                 .rpc(Method::idempotent("ApplyAttempts"), send!(ScoringServiceClient::apply_attempts)),
-            score_candidates: scoring
-                .rpc(Method::idempotent("ScoreCandidates"), send!(ScoringServiceClient::score_candidates)),
+            score_candidates: scoring.rpc(Method::idempotent("ScoreCandidates"), score_request::send),
             batch_get_items,
             record_progress,
             items,
@@ -256,7 +256,7 @@ impl Downstreams {
     }
 
     /// The prerequisites of every skill of a course that has any.
-    pub async fn skill_graph(&self, course_id: &str) -> Result<Vec<SkillPrerequisites>, SchedulerError> {
+    pub async fn skill_graph(&self, course_id: &str) -> Result<Arc<Vec<SkillPrerequisites>>, SchedulerError> {
         let listing = || {
             let (this, course_id) = (self.clone(), course_id.to_owned());
             async move { this.list_skill_graph(&course_id).await }
@@ -266,7 +266,7 @@ impl Downstreams {
             .get(course_id, listing)
             .await
             .map_err(|error| course_error(course_id, (*error).clone()))?;
-        Ok(graph.as_ref().clone())
+        Ok(graph)
     }
 
     async fn list_course_items(&self, course_id: &str) -> Result<Vec<Item>, CallError> {
