@@ -2,6 +2,12 @@
 # commits (kept in $work/pg between runs) and an empty 6-node Redis Cluster, and defines
 # start_suite BINARY / stop_suite for the four services as separate processes, with $watch set to
 # the generator's --watch and --metrics flags. Needs: root, work, pg_port, redis_base, alp, say.
+# The fixed ports below lie in Linux's ephemeral range (32768-60999): a client socket that happens
+# to get one makes the next server that binds it fail ("address already in use"), which stopped two
+# A/B series on 2026-12-06. Reserved, they are never handed out as ephemeral ports.
+if [ "$(id -u)" = 0 ]; then
+  echo "50051-50064,$pg_port" >/proc/sys/net/ipv4/ip_local_reserved_ports 2>/dev/null || true
+fi
 # --- PostgreSQL: durable commits, kept between runs ------------------------------------------
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }

@@ -442,6 +442,52 @@ async fn scoring_rpcs(c: &mut Clients) {
         .await
         .unwrap_err();
     assert_invalid(err, "candidates");
+
+    // Each bad entry is named by its place in the request.
+    let fine = |id: &str| Candidate { item_id: id.into(), skill_ids: vec!["x".into()], ..Default::default() };
+    let seen = Candidate {
+        memory: Some(MemoryState { stability: 1.0, difficulty: 5.0, ..Default::default() }),
+        last_review_time: Some(alp_runtime::time::timestamp(now)),
+        ..fine("b")
+    };
+    let bad_requests = [
+        (
+            vec![fine("a"), Candidate { skill_ids: vec!["x".into(), "no spaces".into()], ..fine("b") }],
+            vec![],
+            "candidates[1].skill_ids[1]",
+        ),
+        (
+            vec![Candidate {
+                memory: Some(MemoryState { stability: -1.0, difficulty: 5.0, ..Default::default() }),
+                ..seen.clone()
+            }],
+            vec![],
+            "candidates[0].memory.stability",
+        ),
+        (
+            vec![
+                fine("a"),
+                Candidate { last_review_time: Some(prost_types::Timestamp { seconds: 0, nanos: -1 }), ..seen },
+            ],
+            vec![],
+            "candidates[1].last_review_time",
+        ),
+        (
+            vec![fine("a")],
+            vec![SkillPrerequisites { skill_id: "x".into(), prerequisite_skill_ids: vec!["y".into(), String::new()] }],
+            "skill_graph[0].prerequisite_skill_ids[1]",
+        ),
+    ];
+    for (candidates, skill_graph, field) in bad_requests {
+        let request = ScoreCandidatesRequest {
+            learner_id: "grace".into(),
+            candidates,
+            skill_graph,
+            count: 1,
+            ..Default::default()
+        };
+        assert_invalid(c.scoring.score_candidates(request).await.unwrap_err(), field);
+    }
 }
 
 async fn scheduler_rpcs(c: &mut Clients) {
@@ -575,6 +621,20 @@ async fn scheduler_rpcs(c: &mut Clients) {
         .unwrap()
         .into_inner();
     assert_eq!((replayed.applied_count, replayed.duplicate_count), (0, 1));
+    let event = |skill: &str| ProgressEvent {
+        attempt_id: "ada-9".into(),
+        learner_id: "ada".into(),
+        course_id: "arithmetic".into(),
+        item_id: "add-1".into(),
+        skill_ids: vec!["addition".into(), skill.into()],
+        ..Default::default()
+    };
+    let err = c
+        .user
+        .record_progress(RecordProgressRequest { events: vec![event("addition"), event("bad skill")] })
+        .await
+        .unwrap_err();
+    assert_invalid(err, "events[1].skill_ids[1]");
 }
 
 /// Waits (bounded, 10 s) until the learner's course progress counts `attempts`.

@@ -74,6 +74,13 @@ impl FieldViolation {
         self.field = format!("{parent}.{}", self.field);
         self
     }
+
+    /// Names the entry of a list, e.g. `skill_ids` → `skill_ids[3]`: checks name the list and
+    /// only a failure pays for the entry's name.
+    pub fn entry(mut self, index: usize) -> Self {
+        self.field = format!("{}[{index}]", self.field);
+        self
+    }
 }
 
 impl fmt::Display for FieldViolation {

@@ -57,7 +57,7 @@ pub fn count<T>(field: &str, values: &[T], max: usize) -> Result<(), FieldViolat
 pub fn ids(field: &str, values: &[String], max: usize) -> Result<(), FieldViolation> {
     count(field, values, max)?;
     for (i, value) in values.iter().enumerate() {
-        id(&format!("{field}[{i}]"), value)?;
+        id(field, value).map_err(|v| v.entry(i))?;
     }
     Ok(())
 }

@@ -117,7 +117,7 @@ fn item(item: &Item) -> Result<(), FieldViolation> {
     }
     let mut skills = HashSet::new();
     for (j, skill) in item.skill_ids.iter().enumerate() {
-        id(&format!("skill_ids[{j}]"), skill)?;
+        id("skill_ids", skill).map_err(|v| v.entry(j))?;
         if !skills.insert(skill.as_str()) {
             return Err(FieldViolation::new(format!("skill_ids[{j}]"), format!("{skill:?} appears twice")));
         }

@@ -120,7 +120,7 @@ fn scored(r: Ranked) -> ScoredItem {
 #[tonic::async_trait]
 impl ScoringService for ScoringApi {
     async fn score_candidates(&self, request: Request<ScoreCandidatesRequest>) -> RpcResult<ScoreCandidatesResponse> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         validate::score_request(&request).map_err(ScoringError::from)?;
         let mode = validate::mode(request.mode).map_err(ScoringError::from)?;
         let retention =
@@ -134,20 +134,25 @@ impl ScoringService for ScoringApi {
         let difficulties = self
             .calibrations
             .difficulties(request.candidates.iter().map(|c| (c.item_id.as_str(), c.initial_difficulty)));
-        let graph: HashMap<String, Vec<String>> =
-            request.skill_graph.iter().map(|s| (s.skill_id.clone(), s.prerequisite_skill_ids.clone())).collect();
+        let graph: HashMap<String, Vec<String>> = std::mem::take(&mut request.skill_graph)
+            .into_iter()
+            .map(|s| (s.skill_id, s.prerequisite_skill_ids))
+            .collect();
         let unmet = self.ranking.unmet_prerequisites(&graph, abilities);
 
         let mut states = Vec::with_capacity(request.candidates.len());
-        for (i, c) in request.candidates.iter().enumerate() {
+        for (i, (c, difficulty)) in std::mem::take(&mut request.candidates).into_iter().zip(difficulties).enumerate() {
             let seen = match (&c.memory, &c.last_review_time) {
                 (Some(memory), Some(last)) => Some(Seen {
                     memory: to_fsrs(memory),
                     phase: phase(memory),
-                    last_review_ms: millis(&format!("candidates[{i}].last_review_time"), last)
-                        .map_err(ScoringError::from)?,
+                    last_review_ms: millis("last_review_time", last)
+                        .map_err(|v| ScoringError::from(v.within(format!("candidates[{i}]"))))?,
                     due_ms: match &c.due_time {
-                        Some(t) => Some(millis(&format!("candidates[{i}].due_time"), t).map_err(ScoringError::from)?),
+                        Some(t) => Some(
+                            millis("due_time", t)
+                                .map_err(|v| ScoringError::from(v.within(format!("candidates[{i}]"))))?,
+                        ),
                         None => None,
                     },
                     last_rating: Rating::try_from(c.last_rating).unwrap_or(Rating::Unspecified),
@@ -160,12 +165,12 @@ impl ScoringService for ScoringApi {
             blocked_by.sort();
             blocked_by.dedup();
             states.push(CandidateState {
-                item_id: c.item_id.clone(),
-                skill_ids: c.skill_ids.clone(),
-                seen,
                 ability: ability::item_ability(abilities, &c.skill_ids),
-                difficulty: difficulties[i],
                 guess: ability::guess(c.choice_count),
+                item_id: c.item_id,
+                skill_ids: c.skill_ids,
+                seen,
+                difficulty,
                 blocked_by,
             });
         }
@@ -182,8 +187,7 @@ impl ScoringService for ScoringApi {
                 })
                 .collect();
             // The test starts from the learner's practice ability on the skills it covers.
-            let mut skills: Vec<String> = request
-                .candidates
+            let mut skills: Vec<String> = states
                 .iter()
                 .flat_map(|c| c.skill_ids.iter())
                 .chain(request.mock_test_answers.iter().flat_map(|a| a.skill_ids.iter()))

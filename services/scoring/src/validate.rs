@@ -30,8 +30,8 @@ pub fn retention(field: &str, value: f64) -> Result<f64, FieldViolation> {
 const MAX_STEP: u32 = 16;
 
 pub fn memory(field: &str, memory: &MemoryState) -> Result<(), FieldViolation> {
-    range(&format!("{field}.stability"), memory.stability, 0.001, 36_500.0 * 100.0)?;
-    range(&format!("{field}.difficulty"), memory.difficulty, 1.0, 10.0)?;
+    range("stability", memory.stability, 0.001, 36_500.0 * 100.0).map_err(|v| v.within(field))?;
+    range("difficulty", memory.difficulty, 1.0, 10.0).map_err(|v| v.within(field))?;
     if MemoryPhase::try_from(memory.phase).is_err() {
         return Err(FieldViolation::new(format!("{field}.phase"), "must be LEARNING, REVIEW or RELEARNING"));
     }
@@ -39,7 +39,7 @@ pub fn memory(field: &str, memory: &MemoryState) -> Result<(), FieldViolation> {
         return Err(FieldViolation::new(format!("{field}.step"), format!("must be at most {MAX_STEP}")));
     }
     if let Some(knowledge) = memory.knowledge {
-        range(&format!("{field}.knowledge"), knowledge, -50.0, 50.0)?;
+        range("knowledge", knowledge, -50.0, 50.0).map_err(|v| v.within(field))?;
     }
     Ok(())
 }
@@ -88,7 +88,7 @@ fn prerequisites(skill: &SkillPrerequisites) -> Result<(), FieldViolation> {
         ));
     }
     for (j, prerequisite) in skill.prerequisite_skill_ids.iter().enumerate() {
-        id(&format!("prerequisite_skill_ids[{j}]"), prerequisite)?;
+        id("prerequisite_skill_ids", prerequisite).map_err(|v| v.entry(j))?;
     }
     Ok(())
 }
@@ -105,7 +105,7 @@ fn skill_ids(skills: &[String]) -> Result<(), FieldViolation> {
         return Err(FieldViolation::new("skill_ids", "must have at most 20 entries"));
     }
     for (j, skill) in skills.iter().enumerate() {
-        id(&format!("skill_ids[{j}]"), skill)?;
+        id("skill_ids", skill).map_err(|v| v.entry(j))?;
     }
     Ok(())
 }

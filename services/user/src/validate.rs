@@ -102,21 +102,25 @@ pub fn learner_ids(field: &str, values: &[String]) -> Result<(), FieldViolation>
 
 pub fn events(events: &[ProgressEvent]) -> Result<(), FieldViolation> {
     count("events", events, MAX_EVENTS_PER_BATCH)?;
-    for (i, event) in events.iter().enumerate() {
-        let at = |field: &str| format!("events[{i}].{field}");
-        id(&at("attempt_id"), &event.attempt_id)?;
-        id(&at("learner_id"), &event.learner_id)?;
-        id(&at("course_id"), &event.course_id)?;
-        id(&at("item_id"), &event.item_id)?;
-        if event.skill_ids.len() > 20 {
-            return Err(FieldViolation::new(at("skill_ids"), "must have at most 20 entries"));
-        }
-        for (j, skill) in event.skill_ids.iter().enumerate() {
-            id(&at(&format!("skill_ids[{j}]")), skill)?;
-        }
-        if let Some(time) = &event.answer_time {
-            alp_runtime::time::millis(&at("answer_time"), time)?;
-        }
+    for (i, e) in events.iter().enumerate() {
+        event(e).map_err(|v| v.within(format!("events[{i}]")))?;
+    }
+    Ok(())
+}
+
+fn event(event: &ProgressEvent) -> Result<(), FieldViolation> {
+    id("attempt_id", &event.attempt_id)?;
+    id("learner_id", &event.learner_id)?;
+    id("course_id", &event.course_id)?;
+    id("item_id", &event.item_id)?;
+    if event.skill_ids.len() > 20 {
+        return Err(FieldViolation::new("skill_ids", "must have at most 20 entries"));
+    }
+    for (j, skill) in event.skill_ids.iter().enumerate() {
+        id("skill_ids", skill).map_err(|v| v.entry(j))?;
+    }
+    if let Some(time) = &event.answer_time {
+        alp_runtime::time::millis("answer_time", time)?;
     }
     Ok(())
 }
