@@ -2,11 +2,11 @@
 //!
 //! A ranking looks up the difficulty of each of its candidates: about a hundred lookups per
 //! request, which through a cache cost a tenth of scoring's CPU and a Redis read per request for
-//! the entries that had expired. The table is small (about 100 bytes an item: 100 MB for a
-//! million items) and changes only through `ApplyAttempts`, whose batches version what they write
-//! in commit order. So each replica loads it whole at start and then reads, once a second, the
-//! rows past the last one it has. A ranking sees a difficulty at most about a second old on any
-//! replica; the replica that applied a batch sees its result at once.
+//! the entries that had expired. The table is small (an estimated 100 bytes an item, 100 MB for
+//! a million items) and changes only through `ApplyAttempts`, whose batches version what they
+//! write in commit order. So each replica loads it whole at start and then reads, once a second,
+//! the rows past the last one it has. A ranking sees a difficulty at most about a second old on
+//! any replica; the replica that applied a batch sees its result at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock, Weak};
