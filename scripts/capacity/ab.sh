@@ -8,7 +8,9 @@
 #   scripts/capacity/ab.sh /tmp/old/target/release/alp target/release/alp submit-attempt 100
 #
 # Knobs: ALP_AB_DURATION (60s), ALP_AB_WARMUP (10s), ALP_AB_OUT (target/ab), and
-# scripts/capacity.sh's ALP_CAPACITY_LEARNERS, _ITEMS, _HISTORY and _WORK.
+# scripts/capacity.sh's ALP_CAPACITY_LEARNERS, _ITEMS, _HISTORY and _WORK. Keep the seven runs
+# within the caches' 10-minute entries (warm-up plus duration at most about 75 s): the warm run
+# fills them once, and in longer series the last run, always a B, meets them expired.
 set -euo pipefail
 [ $# -eq 4 ] || { echo "usage: $0 ALP_A ALP_B ENDPOINT RATE" >&2; exit 2; }
 a=$(realpath "$1")
