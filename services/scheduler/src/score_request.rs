@@ -11,7 +11,7 @@ use std::sync::Arc;
 use alp_proto::common::v1::MemoryState;
 use alp_proto::content::v1::Item;
 use alp_proto::scoring::v1::{ScoreCandidatesResponse, SkillPrerequisites, TestAnswer};
-use alp_runtime::client::Transport;
+use alp_runtime::client::{MAX_ANSWER_BYTES, Transport};
 use bytes::{Buf, BufMut};
 use futures::future::BoxFuture;
 use prost::encoding::{self, DecodeContext, WireType};
@@ -52,7 +52,7 @@ pub fn send(
     request: tonic::Request<ScoreRequest>,
 ) -> BoxFuture<'static, Result<tonic::Response<ScoreCandidatesResponse>, tonic::Status>> {
     Box::pin(async move {
-        let mut grpc = tonic::client::Grpc::new(transport).max_decoding_message_size(64 * 1024 * 1024);
+        let mut grpc = tonic::client::Grpc::new(transport).max_decoding_message_size(MAX_ANSWER_BYTES);
         grpc.ready().await.map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
         let codec = tonic_prost::ProstCodec::<ScoreRequest, ScoreCandidatesResponse>::default();
         grpc.unary(request, http::uri::PathAndQuery::from_static(PATH), codec).await

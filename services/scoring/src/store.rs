@@ -1,6 +1,7 @@
 //! Where the models live: abilities per learner and skill, item calibration, applied attempts.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
 use alp_proto::common::v1::Rating;
 use alp_runtime::StoreError;
@@ -116,16 +117,19 @@ impl ScoringStore {
     /// Everything scoring keeps of one learner, in one statement: a row per skill attempted
     /// (one with no skill before any), each carrying the practice target and the latest fit.
     pub async fn learner_models(&self, learner_id: &str) -> Result<LearnerModels, StoreError> {
-        let sql = format!(
-            "SELECT s.skill_id, s.ability, s.attempt_count,
-                    p.correction, p.rolling_success, p.first_attempts, {}
-             FROM (SELECT $1 AS learner_id) l
-             LEFT JOIN learner_skills s ON s.learner_id = l.learner_id
-             LEFT JOIN practice_targets p ON p.learner_id = l.learner_id
-             LEFT JOIN learner_parameters f ON f.learner_id = l.learner_id",
-            FIT_COLUMNS.split(", ").map(|c| format!("f.{c}")).collect::<Vec<_>>().join(", ")
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql)).bind(learner_id).fetch_all(self.db.pool()).await?;
+        // Written once: every learner seen for the first time runs it.
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT s.skill_id, s.ability, s.attempt_count,
+                        p.correction, p.rolling_success, p.first_attempts, {}
+                 FROM (SELECT $1 AS learner_id) l
+                 LEFT JOIN learner_skills s ON s.learner_id = l.learner_id
+                 LEFT JOIN practice_targets p ON p.learner_id = l.learner_id
+                 LEFT JOIN learner_parameters f ON f.learner_id = l.learner_id",
+                FIT_COLUMNS.split(", ").map(|c| format!("f.{c}")).collect::<Vec<_>>().join(", ")
+            )
+        });
+        let rows = sqlx::query(AssertSqlSafe(SQL.as_str())).bind(learner_id).fetch_all(self.db.pool()).await?;
         let mut models = LearnerModels { learner_id: learner_id.to_owned(), ..LearnerModels::default() };
         for (i, r) in rows.iter().enumerate() {
             if let Some(skill_id) = r.try_get::<Option<String>, _>(0)? {

@@ -135,6 +135,9 @@ pub async fn check_serving(channel: Channel, service: &str) -> Result<(), String
     }
 }
 
+/// The largest answer a client decodes.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
 /// The [`SendFn`](rpc::SendFn) of a generated client's method:
 /// `send!(ContentServiceClient::get_item)`.
 #[macro_export]
@@ -142,7 +145,7 @@ macro_rules! send {
     ($client:ident :: $method:ident) => {
         |channel, request| {
             ::std::boxed::Box::pin(async move {
-                $client::new(channel).max_decoding_message_size(64 * 1024 * 1024).$method(request).await
+                $client::new(channel).max_decoding_message_size($crate::client::MAX_ANSWER_BYTES).$method(request).await
             })
         }
     };
