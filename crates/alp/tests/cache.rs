@@ -6,6 +6,9 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use alp::suite::{Databases, Settings};
 use alp_proto::common::v1::Reason;
 use alp_proto::content::v1::content_service_client::ContentServiceClient;
@@ -129,6 +132,65 @@ async fn scheduler_follows_profile_changes(running: &common::Running) {
     .await;
 }
 
+/// The scheduler's copies of a course's items and skill graph follow content's announcements:
+/// a new item, a retired one and a new prerequisite reach NextItems within 2 s, where the
+/// copies' own refresh comes after 45-60 s (and 3.75-5 s without Redis).
+async fn scheduler_follows_catalogue_changes(running: &common::Running) {
+    let a = running.addresses;
+    let mut content = ContentServiceClient::new(channel(a.content));
+    let course = Course { course_id: "cache-3".into(), title: "Cache 3".into(), ..Default::default() };
+    content.create_course(CreateCourseRequest { course: Some(course) }).await.unwrap();
+    let skill = |id: &str| Skill { skill_id: id.into(), name: id.into(), ..Default::default() };
+    let skills = vec![skill("letters"), skill("words")];
+    content.upsert_skills(UpsertSkillsRequest { course_id: "cache-3".into(), skills }).await.unwrap();
+    let card = |id: &str, skill: &str| Item {
+        item_id: id.into(),
+        course_id: "cache-3".into(),
+        skill_ids: vec![skill.into()],
+        ..item(id)
+    };
+    let items = vec![card("letter-a", "letters"), card("word-ab", "words")];
+    content.upsert_items(UpsertItemsRequest { items }).await.unwrap();
+    let mut user = UserServiceClient::new(channel(a.user));
+    let learner = Learner { learner_id: "browser".into(), ..Default::default() };
+    user.create_learner(CreateLearnerRequest { learner: Some(learner) }).await.unwrap();
+    user.enrol_learner(EnrolLearnerRequest { learner_id: "browser".into(), course_id: "cache-3".into() })
+        .await
+        .unwrap();
+    let scheduler = SchedulerServiceClient::new(channel(a.scheduler));
+    let offered = || {
+        let mut scheduler = scheduler.clone();
+        async move {
+            let next = NextItemsRequest {
+                learner_id: "browser".into(),
+                course_id: "cache-3".into(),
+                count: 10,
+                ..Default::default()
+            };
+            let items = scheduler.next_items(next).await.unwrap().into_inner().items;
+            items.into_iter().map(|i| (i.item_id, i.explanation)).collect::<HashMap<_, _>>()
+        }
+    };
+    let first = offered().await;
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert!(!first["word-ab"].contains("prerequisite"), "{first:?}");
+    let within_2s = |what: &'static str, done: fn(&HashMap<String, String>) -> bool| async move {
+        let started = std::time::Instant::now();
+        while !done(&offered().await) {
+            assert!(started.elapsed() < Duration::from_secs(2), "{what} did not reach NextItems within 2 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    let words = Skill { prerequisite_skill_ids: vec!["letters".into()], ..skill("words") };
+    content.upsert_skills(UpsertSkillsRequest { course_id: "cache-3".into(), skills: vec![words] }).await.unwrap();
+    within_2s("the new prerequisite", |o| o.get("word-ab").is_some_and(|e| e.contains("prerequisite letters"))).await;
+    content.upsert_items(UpsertItemsRequest { items: vec![card("letter-b", "letters")] }).await.unwrap();
+    within_2s("the new item", |o| o.contains_key("letter-b")).await;
+    content.retire_item(RetireItemRequest { item_id: "letter-a".into() }).await.unwrap();
+    within_2s("the retirement", |o| !o.contains_key("letter-a")).await;
+}
+
 fn item(prompt: &str) -> Item {
     Item {
         item_id: "cached-1".into(),
@@ -213,6 +275,7 @@ async fn the_suite_reads_through_the_cache_and_never_serves_a_stale_copy() {
 
     scheduler_reads_memory_from_the_cache(&running, &handle).await;
     scheduler_follows_profile_changes(&running).await;
+    scheduler_follows_catalogue_changes(&running).await;
 
     // The whole cluster gone: content keeps answering from its database and says so on the
     // health entry of its Redis, while the service itself stays SERVING.

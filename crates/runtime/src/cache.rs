@@ -3,13 +3,10 @@
 //! of truth. Without Redis (`alp dev`, or the cluster down) it is an L1 cache alone.
 //!
 //! Invalidation on write: the writer drops the keys from its own L1 and from Redis, then
-//! publishes them on the cache's channel, and every replica drops them from its L1 on receipt.
-//! The channel is a sharded one (SPUBLISH): a cluster-wide PUBLISH is relayed to every node over
-//! the cluster bus, which cost more Redis CPU than all the cache reads and writes together.
-//! Pub/sub is fire-and-forget, so a replica that was disconnected can miss a message: it clears
-//! its L1 whenever its subscriber reconnects, and the L1 TTL bounds what is left (a message lost
-//! without a disconnection). Each invalidation runs a second time 1–1.25 s later, batched with
-//! the others of its 250 ms window.
+//! announces them under the cache's name (`announce.rs`), and every replica drops them from its
+//! L1 on receipt. A replica that may have missed announcements clears its L1, and the L1 TTL
+//! bounds what is left (a message lost without a disconnection). Each invalidation runs a second
+//! time 1–1.25 s later, batched with the others of its 250 ms window.
 //!
 //! Another service may keep a [`Cache::mirror`] of the values: its L1 alone, following the
 //! owner's channel like one of the owner's replicas.
@@ -24,11 +21,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use fred::interfaces::EventInterface;
-use fred::prelude::{Expiration, KeysInterface, PubsubInterface};
-use prost::Message;
-use tokio::sync::broadcast::error::RecvError;
+use std::ops::ControlFlow;
 
+use fred::prelude::{Expiration, KeysInterface};
+use prost::Message;
+
+use crate::announce::{self, Changed};
 use crate::redis::Redis;
 
 /// When a write's invalidation runs the second time, and how often due ones are sent together.
@@ -120,7 +118,7 @@ where
             }),
         };
         if let (Some(redis), true) = (&cache.inner.redis, cache.inner.settings.l1_capacity > 0) {
-            cache.listen(redis.clone(), Self::channel(redis.prefix(), cache.inner.settings.name));
+            cache.listen(redis.clone(), redis.prefix());
         }
         cache
     }
@@ -132,67 +130,26 @@ where
     /// there is none.
     pub fn mirror(settings: CacheSettings, redis: Option<&Redis>, owner_prefix: &str) -> Option<Self> {
         let redis = redis?;
-        let channel = Self::channel(owner_prefix, settings.name);
         let cache = Self::new(settings, None);
-        cache.listen(redis.clone(), channel);
+        cache.listen(redis.clone(), owner_prefix);
         Some(cache)
-    }
-
-    /// Where the owner's replicas (prefix `prefix`) announce the keys they dropped.
-    fn channel(prefix: &str, name: &str) -> String {
-        format!("{prefix}:{name}:invalidate")
     }
 
     fn l2_key(redis: &Redis, name: &str, key: &str) -> String {
         redis.key(&format!("{name}:{key}"))
     }
 
-    /// Drops keys from L1 as other replicas publish them; holds only a weak reference so the
-    /// task ends with the cache. What is published while the subscriber is disconnected is lost,
-    /// so every reconnection clears L1.
-    fn listen(&self, redis: Redis, channel: String) {
+    /// Drops keys from L1 as the owner's replicas announce them; holds only a weak reference so
+    /// the task ends with the cache.
+    fn listen(&self, redis: Redis, owner_prefix: &str) {
         let weak = Arc::downgrade(&self.inner);
-        let mut messages = redis.subscriber().message_rx();
-        let mut reconnections = redis.subscriber().reconnect_rx();
-        tokio::spawn(async move {
-            if let Err(err) = redis.subscriber().ssubscribe(channel.clone()).await {
-                // manage_subscriptions re-subscribes once the subscriber connects.
-                tracing::debug!(%channel, error = %err, "invalidation channel not subscribed yet");
+        announce::follow(redis, owner_prefix, self.inner.settings.name, move |changed| {
+            let Some(inner) = weak.upgrade() else { return ControlFlow::Break(()) };
+            match changed {
+                Changed::Keys(keys) => keys.for_each(|key| inner.l1.invalidate(key)),
+                Changed::Unknown => inner.l1.invalidate_all(),
             }
-            loop {
-                let message = tokio::select! {
-                    message = messages.recv() => message,
-                    reconnected = reconnections.recv() => {
-                        if matches!(reconnected, Err(RecvError::Closed)) {
-                            return;
-                        }
-                        let Some(inner) = weak.upgrade() else { return };
-                        tracing::debug!(%channel, "invalidation subscriber reconnected; L1 cleared");
-                        inner.l1.invalidate_all();
-                        continue;
-                    }
-                };
-                let message = match message {
-                    Ok(message) => message,
-                    Err(RecvError::Lagged(missed)) => {
-                        // Invalidations were missed: nothing in L1 can be trusted now.
-                        let Some(inner) = weak.upgrade() else { return };
-                        tracing::warn!(%channel, missed, "invalidations missed; L1 cleared");
-                        inner.l1.invalidate_all();
-                        continue;
-                    }
-                    Err(RecvError::Closed) => return,
-                };
-                if message.channel != channel.as_str() {
-                    continue;
-                }
-                let Some(inner) = weak.upgrade() else { return };
-                if let Some(keys) = message.value.as_string() {
-                    for key in keys.lines() {
-                        inner.l1.invalidate(key);
-                    }
-                }
-            }
+            ControlFlow::Continue(())
         });
     }
 
@@ -367,12 +324,10 @@ where
             }
         }
         // Without an L1 no replica holds a copy to drop.
-        if self.inner.settings.l1_capacity > 0 {
-            let channel = Self::channel(redis.prefix(), name);
-            let published = async { redis.admit()?.next().spublish::<i64, _, _>(channel, keys.join("\n")).await };
-            if let Err(err) = published.await {
-                self.error("publish", &err);
-            }
+        if self.inner.settings.l1_capacity > 0
+            && let Err(err) = announce::announce(redis, name, keys).await
+        {
+            self.error("publish", &err);
         }
         failed
     }

@@ -3,6 +3,7 @@
 //! two-level cache, the error-to-status mapping, request validation helpers and the downstream
 //! channel set-up.
 
+pub mod announce;
 pub mod batch;
 pub mod breaker;
 pub mod cache;

@@ -4,6 +4,7 @@ use alp_proto::content::v1::content_service_server::ContentService;
 use alp_proto::content::v1::*;
 use std::time::Duration;
 
+use alp_runtime::announce::announce;
 use alp_runtime::cache::{Cache, CacheSettings};
 use alp_runtime::page;
 use alp_runtime::redis::Redis;
@@ -19,6 +20,9 @@ pub struct ContentApi {
     store: ContentStore,
     items: Cache<Item>,
     course_items: Cache<CourseItemIds>,
+    /// Where a course whose skills changed is announced (content keeps no copy of skills; the
+    /// scheduler does).
+    redis: Option<Redis>,
 }
 
 /// A course's items in service, in id order: what the scheduler pages through for new items.
@@ -33,7 +37,8 @@ impl ContentApi {
         Self {
             store,
             items: Cache::new(ITEM_CACHE, redis.clone()),
-            course_items: Cache::new(COURSE_ITEMS_CACHE, redis),
+            course_items: Cache::new(COURSE_ITEMS_CACHE, redis.clone()),
+            redis,
         }
     }
 
@@ -99,6 +104,9 @@ pub const ITEM_CACHE: CacheSettings = CacheSettings {
     l2_ttl: Duration::from_secs(3600),
 };
 
+/// The name under which a course whose skills changed is announced.
+pub const SKILLS_CHANGED: &str = "skills";
+
 /// Course item lists change when authors write items; same bounds as the items.
 pub const COURSE_ITEMS_CACHE: CacheSettings = CacheSettings {
     name: "course_items",
@@ -143,6 +151,12 @@ impl ContentService for ContentApi {
         let request = request.into_inner();
         validate::skills(&request.course_id, &request.skills).map_err(ContentError::from)?;
         let skills = self.store.upsert_skills(&request.course_id, &request.skills).await?;
+        if let Some(redis) = &self.redis
+            && let Err(error) = announce(redis, SKILLS_CHANGED, std::slice::from_ref(&request.course_id)).await
+        {
+            // Copies elsewhere catch up at their next periodic refresh.
+            tracing::warn!(course_id = request.course_id, %error, "skill change not announced");
+        }
         Ok(Response::new(UpsertSkillsResponse { skills }))
     }
 

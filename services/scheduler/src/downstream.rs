@@ -52,6 +52,10 @@ const ITEMS_PER_CALL: usize = 500;
 const LEARNER_COPIES: CacheSettings =
     CacheSettings { name: "learners", l1_capacity: 100_000, l1_ttl: Duration::from_secs(600), l2_ttl: Duration::ZERO };
 const USER_REDIS_PREFIX: &str = "alp:user";
+/// Content announces under this prefix a course whose items changed (`course_items`, the name
+/// of its cache of course item lists) and one whose skills changed (`skills`). The suite's cache
+/// test fails if the names part.
+const CONTENT_REDIS_PREFIX: &str = "alp:content";
 
 /// Where each downstream is and how to call it.
 #[derive(Debug, Clone)]
@@ -134,8 +138,8 @@ impl Downstreams {
             record_progress,
             items,
             item_copies: Cache::new(ITEM_COPIES, None),
-            course_items: Catalogue::new("course_items"),
-            skill_graphs: Catalogue::new("skill_graphs"),
+            course_items: Catalogue::following("course_items", redis, CONTENT_REDIS_PREFIX, "course_items"),
+            skill_graphs: Catalogue::following("skill_graphs", redis, CONTENT_REDIS_PREFIX, "skills"),
             content,
             scoring,
             user,
