@@ -134,7 +134,8 @@ async fn scheduler_follows_profile_changes(running: &common::Running) {
 
 /// The scheduler's copies of a course's items and skill graph follow content's announcements:
 /// a new item, a retired one and a new prerequisite reach NextItems within 2 s, where the
-/// copies' own refresh comes after 45-60 s (and 3.75-5 s without Redis).
+/// copies' own refresh comes after 45-60 s (and 3.75-5 s without Redis); and so does its copy
+/// of an item SubmitAttempt answers about.
 async fn scheduler_follows_catalogue_changes(running: &common::Running) {
     let a = running.addresses;
     let mut content = ContentServiceClient::new(channel(a.content));
@@ -189,6 +190,38 @@ async fn scheduler_follows_catalogue_changes(running: &common::Running) {
     within_2s("the new item", |o| o.contains_key("letter-b")).await;
     content.retire_item(RetireItemRequest { item_id: "letter-a".into() }).await.unwrap();
     within_2s("the retirement", |o| !o.contains_key("letter-a")).await;
+
+    // SubmitAttempt's copy of an item follows too: made a two-choice question, the item's
+    // guessing floor lifts the predicted success of an answer on it above 0.5, where wrong
+    // answers keep a flashcard's at or below 0.5; an unfollowed copy would live ten minutes.
+    let submit = |n: u32| SubmitAttemptRequest {
+        attempt_id: format!("browser-{n}"),
+        learner_id: "browser".into(),
+        item_id: "letter-b".into(),
+        outcome: Some(Outcome::Correct(false)),
+        ..Default::default()
+    };
+    let predicted = |n: u32| {
+        let mut scheduler = scheduler.clone();
+        async move { scheduler.submit_attempt(submit(n)).await.unwrap().into_inner().attempt.unwrap().predicted_success }
+    };
+    let flashcard = predicted(0).await;
+    let question = Item {
+        kind: ItemKind::MultipleChoice as i32,
+        choices: vec!["a".into(), "b".into()],
+        answer: Some(AnswerKey { key: Some(answer_key::Key::ChoiceIndex(0)) }),
+        ..card("letter-b", "letters")
+    };
+    content.upsert_items(UpsertItemsRequest { items: vec![question] }).await.unwrap();
+    let started = std::time::Instant::now();
+    for n in 1.. {
+        if predicted(n).await > 0.5 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "the change did not reach SubmitAttempt within 2 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(flashcard <= 0.5, "a flashcard the learner never saw: {flashcard}");
 }
 
 fn item(prompt: &str) -> Item {

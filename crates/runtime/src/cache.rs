@@ -118,20 +118,25 @@ where
             }),
         };
         if let (Some(redis), true) = (&cache.inner.redis, cache.inner.settings.l1_capacity > 0) {
-            cache.listen(redis.clone(), redis.prefix());
+            cache.listen(redis.clone(), redis.prefix(), cache.inner.settings.name);
         }
         cache
     }
 
-    /// An in-process copy of values another service owns and caches under the same name: L1
+    /// An in-process copy of values another service owns and caches as `owner_cache`: L1
     /// alone, never Redis, dropped as the owner publishes its invalidations (each twice, the
     /// second a second later, which also drops a copy read just before a change). It is as
     /// fresh as the owner's other replicas. Without Redis nothing would tell it of a change, so
     /// there is none.
-    pub fn mirror(settings: CacheSettings, redis: Option<&Redis>, owner_prefix: &str) -> Option<Self> {
+    pub fn mirror(
+        settings: CacheSettings,
+        redis: Option<&Redis>,
+        owner_prefix: &str,
+        owner_cache: &str,
+    ) -> Option<Self> {
         let redis = redis?;
         let cache = Self::new(settings, None);
-        cache.listen(redis.clone(), owner_prefix);
+        cache.listen(redis.clone(), owner_prefix, owner_cache);
         Some(cache)
     }
 
@@ -141,9 +146,9 @@ where
 
     /// Drops keys from L1 as the owner's replicas announce them; holds only a weak reference so
     /// the task ends with the cache.
-    fn listen(&self, redis: Redis, owner_prefix: &str) {
+    fn listen(&self, redis: Redis, owner_prefix: &str, owner_cache: &str) {
         let weak = Arc::downgrade(&self.inner);
-        announce::follow(redis, owner_prefix, self.inner.settings.name, move |changed| {
+        announce::follow(redis, owner_prefix, owner_cache, move |changed| {
             let Some(inner) = weak.upgrade() else { return ControlFlow::Break(()) };
             match changed {
                 Changed::Keys(keys) => keys.for_each(|key| inner.l1.invalidate(key)),

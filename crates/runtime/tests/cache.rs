@@ -75,8 +75,8 @@ async fn a_mirror_follows_its_owner_and_a_reconnected_replica_forgets_its_l1() {
     let Some(cluster) = RedisCluster::start().await else { return };
     let owner: Cache<Timestamp> = Cache::new(settings(), Some(connected(&cluster, "alp:owner").await));
     let other = connected(&cluster, "alp:other").await;
-    let mirror: Cache<Timestamp> = Cache::mirror(settings(), Some(&other), "alp:owner").unwrap();
-    assert!(Cache::<Timestamp>::mirror(settings(), None, "alp:owner").is_none(), "nothing to follow");
+    let mirror: Cache<Timestamp> = Cache::mirror(settings(), Some(&other), "alp:owner", settings().name).unwrap();
+    assert!(Cache::<Timestamp>::mirror(settings(), None, "alp:owner", settings().name).is_none(), "nothing to follow");
     // An announcement that arrives shows the subscriber connected and listening.
     eventually("the mirror's subscription", || async {
         mirror.put("probe", value(0)).await;

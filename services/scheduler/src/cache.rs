@@ -14,10 +14,16 @@ use alp_runtime::redis::Redis;
 
 use crate::store::MemoryRow;
 
-/// Items SubmitAttempt answers about, in this process only: an item changed or retired reaches
-/// SubmitAttempt within 15 s, as it reaches NextItems through the course catalogue.
-pub const ITEM_COPIES: CacheSettings =
-    CacheSettings { name: "item_copies", l1_capacity: 50_000, l1_ttl: Duration::from_secs(15), l2_ttl: Duration::ZERO };
+/// Items SubmitAttempt answers about, in this process only. With Redis the copies follow
+/// content's announcements of changed items, so they can live long; without, a changed or
+/// retired item reaches SubmitAttempt within 15 s.
+pub const ITEM_COPIES: CacheSettings = CacheSettings {
+    name: "item_copies",
+    l1_capacity: 50_000,
+    l1_ttl: Duration::from_secs(600),
+    l2_ttl: Duration::ZERO,
+};
+pub const UNFOLLOWED_ITEM_COPIES: CacheSettings = CacheSettings { l1_ttl: Duration::from_secs(15), ..ITEM_COPIES };
 
 pub const MEMORY_CACHE: CacheSettings =
     CacheSettings { name: "memory", l1_capacity: 0, l1_ttl: Duration::ZERO, l2_ttl: Duration::from_secs(600) };

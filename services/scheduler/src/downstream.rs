@@ -30,7 +30,7 @@ use alp_runtime::redis::Redis;
 use alp_runtime::send;
 use tonic::Code;
 
-use crate::cache::ITEM_COPIES;
+use crate::cache::{ITEM_COPIES, UNFOLLOWED_ITEM_COPIES};
 use crate::catalogue::Catalogue;
 use crate::error::SchedulerError;
 use crate::outbox::{Consumer, Deliver};
@@ -52,9 +52,9 @@ const ITEMS_PER_CALL: usize = 500;
 const LEARNER_COPIES: CacheSettings =
     CacheSettings { name: "learners", l1_capacity: 100_000, l1_ttl: Duration::from_secs(600), l2_ttl: Duration::ZERO };
 const USER_REDIS_PREFIX: &str = "alp:user";
-/// Content announces under this prefix a course whose items changed (`course_items`, the name
-/// of its cache of course item lists) and one whose skills changed (`skills`). The suite's cache
-/// test fails if the names part.
+/// Content announces under this prefix the items it changed (`items`, its item cache's name),
+/// a course whose items changed (`course_items`, its cache of course item lists) and one whose
+/// skills changed (`skills`). The suite's cache test fails if the names part.
 const CONTENT_REDIS_PREFIX: &str = "alp:content";
 
 /// Where each downstream is and how to call it.
@@ -137,13 +137,14 @@ impl Downstreams {
             batch_get_items,
             record_progress,
             items,
-            item_copies: Cache::new(ITEM_COPIES, None),
+            item_copies: Cache::mirror(ITEM_COPIES, redis, CONTENT_REDIS_PREFIX, "items")
+                .unwrap_or_else(|| Cache::new(UNFOLLOWED_ITEM_COPIES, None)),
             course_items: Catalogue::following("course_items", redis, CONTENT_REDIS_PREFIX, "course_items"),
             skill_graphs: Catalogue::following("skill_graphs", redis, CONTENT_REDIS_PREFIX, "skills"),
             content,
             scoring,
             user,
-            learner_copies: Cache::mirror(LEARNER_COPIES, redis, USER_REDIS_PREFIX),
+            learner_copies: Cache::mirror(LEARNER_COPIES, redis, USER_REDIS_PREFIX, "learners"),
             learners: Arc::default(),
             item_timeout,
         })
