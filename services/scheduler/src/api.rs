@@ -22,6 +22,7 @@ use crate::cache::{CachedMemory, CachedMemoryStates, SchedulerCaches, memory_key
 use crate::downstream::{Downstreams, choice_count};
 use crate::error::SchedulerError;
 use crate::outbox::Relay;
+use crate::phase::PhaseTimer;
 use crate::score_request::{CandidateRef, ScoreRequest};
 use crate::store::{ExportFilter, MemoryRow, SchedulerStore};
 use crate::submit_attempt::{AttemptRecorder, Submission, Submitted};
@@ -157,6 +158,7 @@ impl SchedulerService for SchedulerApi {
                 SchedulerError::from(FieldViolation::new("mock_test_id", "is only allowed in MOCK_TEST mode")).into()
             );
         }
+        let mut phases = PhaseTimer::start("NextItems");
         // Independent reads, at once: the enrolment check still decides first. Scoring ranks
         // with the learner's latest answers once their outbox rows have landed.
         let (retention, states, answers, ()) = tokio::join!(
@@ -174,6 +176,7 @@ impl SchedulerService for SchedulerApi {
         let retention = retention?;
         let states = states?;
         let answers = answers.map_err(SchedulerError::from)?;
+        phases.done("reads");
         let now = now_millis();
 
         let answered: HashSet<&str> = answers.iter().map(|(item, _)| item.as_str()).collect();
@@ -228,6 +231,7 @@ impl SchedulerService for SchedulerApi {
             return Ok(Response::new(NextItemsResponse::default()));
         }
 
+        phases.done("candidates");
         let scored = self
             .downstream
             .score_candidates
@@ -242,6 +246,7 @@ impl SchedulerService for SchedulerApi {
                 mock_test_answers: Arc::new(mock_test_answers),
             })
             .await;
+        phases.done("score");
         let (ranked, mock_test, degraded_reason) = match scored {
             Ok(response) => (response.items, response.mock_test, String::new()),
             Err(error) if error.is_outage() => {

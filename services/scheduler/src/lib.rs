@@ -6,6 +6,7 @@ mod catalogue;
 mod downstream;
 mod error;
 mod outbox;
+mod phase;
 mod score_request;
 mod store;
 mod submit_attempt;

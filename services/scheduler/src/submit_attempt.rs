@@ -19,6 +19,7 @@ use crate::cache::{SchedulerCaches, memory_key};
 use crate::downstream::{Downstreams, choice_count};
 use crate::error::SchedulerError;
 use crate::outbox::{Consumer, Relay};
+use crate::phase::PhaseTimer;
 use crate::store::{AttemptRow, MemoryRow, SchedulerStore};
 
 /// How far ahead of the server clock a client's answer time may be.
@@ -118,6 +119,7 @@ impl AttemptRecorder {
     }
 
     pub async fn submit(&self, submission: Submission) -> Result<Submitted, SchedulerError> {
+        let mut phases = PhaseTimer::start("SubmitAttempt");
         // A retry costs the same reads as a new answer; the log's unique attempt id decides.
         let (item, learner, prior) = tokio::join!(
             self.downstream.item(&submission.item_id),
@@ -137,6 +139,7 @@ impl AttemptRecorder {
             Err(error) => return self.recorded_before(&submission).await?.ok_or(error),
         };
         let prior = prior?;
+        phases.done("reads");
         let evaluated = self
             .downstream
             .evaluate_attempt
@@ -158,6 +161,7 @@ impl AttemptRecorder {
                 mock_test: !submission.mock_test_id.is_empty(),
             })
             .await?;
+        phases.done("evaluate");
         let memory = evaluated.memory.unwrap_or_default();
         let due_ms = evaluated.due_time.as_ref().map_or(submission.answer_ms, timestamp_millis);
         let s = &submission;
@@ -236,6 +240,7 @@ impl AttemptRecorder {
         let recorded = recording
             .await
             .map_err(|e| SchedulerError::Unavailable(format!("recording the attempt failed: {e}")))??;
+        phases.done("record");
         match recorded {
             Some(attempt) => Ok(Submitted::Recorded(attempt)),
             // A concurrent call with the same attempt id committed first.
