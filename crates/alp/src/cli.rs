@@ -106,7 +106,7 @@ pub struct ServeArgs {
     /// Longest an attempt's outbox row waits for others before its batch goes to scoring or the
     /// user service (scheduler): longer means fewer, larger batches, and progress that lags
     /// more. A learner's next NextItems sends their rows to scoring at once either way.
-    #[arg(long, env = "ALP_OUTBOX_MAX_DELAY", default_value = "50ms", value_parser = alp_runtime::time::parse_duration)]
+    #[arg(long, env = "ALP_OUTBOX_MAX_DELAY", default_value = "200ms", value_parser = alp_runtime::time::parse_duration)]
     pub outbox_max_delay: std::time::Duration,
     #[command(flatten)]
     pub database: DatabaseArgs,

@@ -37,6 +37,16 @@ impl Dialect {
             )))
         }
     }
+
+    /// A subquery of the elements of the JSON array bound at `$param`, each as `sql_type`
+    /// (`BIGINT`, `TEXT`), for `IN (…)`. Unlike a list of placeholders it is one statement text
+    /// for any number of values, so the statement is prepared and planned once.
+    pub fn json_list(self, param: usize, sql_type: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("SELECT value::{sql_type} FROM jsonb_array_elements_text(${param}::jsonb)"),
+            Dialect::Sqlite => format!("SELECT value FROM json_each(${param})"),
+        }
+    }
 }
 
 /// Pool settings of one service's database.

@@ -60,6 +60,12 @@ pub const MIGRATIONS: &[MigrationStep] = &[
         postgres: include_str!("../migrations/postgres/0004_outbox_consumers.sql"),
         sqlite: include_str!("../migrations/sqlite/0004_outbox_consumers.sql"),
     },
+    MigrationStep {
+        version: 5,
+        description: "fewer index writes",
+        postgres: include_str!("../migrations/postgres/0005_fewer_index_writes.sql"),
+        sqlite: include_str!("../migrations/sqlite/0005_fewer_index_writes.sql"),
+    },
 ];
 
 #[derive(Debug, Clone)]

@@ -66,7 +66,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             max_batch: 500,
-            max_delay: Duration::from_millis(50),
+            max_delay: Duration::from_millis(200),
             queue: 20_000,
             fast_path_allowance: Duration::from_secs(1),
             idle_poll: Duration::from_secs(2),
@@ -301,7 +301,7 @@ impl Relay {
             let seqs = self.delivered.lock().unwrap_or_else(PoisonError::into_inner).clone();
             let mut failed = Vec::new();
             for chunk in seqs.chunks(DELETES_PER_STATEMENT) {
-                if let Err(error) = self.store.outbox_delete(chunk).await {
+                if let Err(error) = self.store.outbox_delete(self.consumer, chunk).await {
                     tracing::warn!(%error, "deleting delivered outbox rows failed");
                     failed.extend_from_slice(chunk);
                 }

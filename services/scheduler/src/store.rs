@@ -3,7 +3,7 @@
 use alp_proto::common::v1::MemoryState;
 use alp_proto::scheduler::v1::Attempt;
 use alp_runtime::StoreError;
-use alp_runtime::db::{AnyQuery, Database, Dialect, placeholders, value_rows};
+use alp_runtime::db::{AnyQuery, Database, Dialect, value_rows};
 use alp_runtime::time::{duration, timestamp};
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
@@ -335,16 +335,15 @@ impl SchedulerStore {
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 
-    pub async fn outbox_delete(&self, seqs: &[i64]) -> Result<(), StoreError> {
+    pub async fn outbox_delete(&self, consumer: Consumer, seqs: &[i64]) -> Result<(), StoreError> {
         if seqs.is_empty() {
             return Ok(());
         }
-        let mut query =
-            sqlx::query(AssertSqlSafe(format!("DELETE FROM outbox WHERE seq IN ({})", placeholders(1, seqs.len()))));
-        for seq in seqs {
-            query = query.bind(*seq);
-        }
-        query.execute(self.db.pool()).await?;
+        // By the outbox's key, (consumer, seq).
+        let sql =
+            format!("DELETE FROM outbox WHERE consumer = $1 AND seq IN ({})", self.db.dialect().json_list(2, "BIGINT"));
+        let seqs = serde_json::Value::from(seqs).to_string();
+        sqlx::query(AssertSqlSafe(sql)).bind(consumer.as_str()).bind(seqs).execute(self.db.pool()).await?;
         Ok(())
     }
 

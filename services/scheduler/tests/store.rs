@@ -140,7 +140,7 @@ async fn each_consumer_gets_its_own_rows_oldest_first_until_deleted() {
         let batch = store.outbox_batch(Consumer::Scoring, 2, i64::MAX).await.unwrap();
         let rows: Vec<&[u8]> = batch.iter().map(|(_, e)| e.as_slice()).collect();
         assert_eq!(rows, [b"a0", b"a1"]);
-        store.outbox_delete(&batch.iter().map(|(seq, _)| *seq).collect::<Vec<_>>()).await.unwrap();
+        store.outbox_delete(Consumer::Scoring, &batch.iter().map(|(seq, _)| *seq).collect::<Vec<_>>()).await.unwrap();
         assert_eq!(store.outbox_depth(Consumer::Scoring).await.unwrap(), 1);
         assert_eq!(store.outbox_depth(Consumer::User).await.unwrap(), 3, "the other consumer's rows stay");
         let rest = store.outbox_batch(Consumer::Scoring, 10, i64::MAX).await.unwrap();
@@ -149,7 +149,7 @@ async fn each_consumer_gets_its_own_rows_oldest_first_until_deleted() {
         let user = store.outbox_batch(Consumer::User, 10, i64::MAX).await.unwrap();
         assert_eq!(user.iter().map(|(_, e)| e.as_slice()).collect::<Vec<_>>(), [b"0a", b"1a", b"2a"]);
         assert!(store.outbox_batch(Consumer::User, 10, 1_000).await.unwrap().is_empty(), "recorded before 1000: none");
-        store.outbox_delete(&[]).await.unwrap();
+        store.outbox_delete(Consumer::User, &[]).await.unwrap();
     })
     .await;
 }

@@ -26,12 +26,20 @@ pub const SERVICE_NAME: &str = user_service_server::SERVICE_NAME;
 /// DESIGN.md §1: 75 open / 15 idle per pod.
 pub const POOL_DEFAULTS: PoolDefaults = PoolDefaults { max_connections: 75, min_connections: 15 };
 
-pub const MIGRATIONS: &[MigrationStep] = &[MigrationStep {
-    version: 1,
-    description: "user",
-    postgres: include_str!("../migrations/postgres/0001_user.sql"),
-    sqlite: include_str!("../migrations/sqlite/0001_user.sql"),
-}];
+pub const MIGRATIONS: &[MigrationStep] = &[
+    MigrationStep {
+        version: 1,
+        description: "user",
+        postgres: include_str!("../migrations/postgres/0001_user.sql"),
+        sqlite: include_str!("../migrations/sqlite/0001_user.sql"),
+    },
+    MigrationStep {
+        version: 2,
+        description: "progress without foreign keys",
+        postgres: include_str!("../migrations/postgres/0002_progress_without_foreign_keys.sql"),
+        sqlite: include_str!("../migrations/sqlite/0002_progress_without_foreign_keys.sql"),
+    },
+];
 
 #[derive(Debug, Clone)]
 pub struct UserConfig {

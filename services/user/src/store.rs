@@ -33,7 +33,43 @@ pub struct UserStore {
 }
 
 /// Keeps a statement's parameters well under PostgreSQL's 65,535 (6 per event, 2 per skill).
-const PROGRESS_EVENTS_PER_STATEMENT: usize = 250;
+/// `$1`: the events as a JSON array of objects named like the columns of `event`; `$2`: the record time. Each skill counts
+/// once per attempt, as in SQLite's per-event statements. Unknown learners are left out, and
+/// the known ones are held against a concurrent DeleteLearner until the batch commits.
+const RECORD_PROGRESS_POSTGRES: &str = "
+    WITH event AS (
+        SELECT * FROM jsonb_to_recordset($1::jsonb) AS e(
+            attempt_id TEXT, learner_id TEXT, course_id TEXT, correct BIGINT, first_attempt BIGINT,
+            answered BIGINT, skill_ids JSONB)
+    ),
+    known AS (SELECT e.* FROM event e JOIN learners l ON l.learner_id = e.learner_id FOR KEY SHARE OF l),
+    fresh AS (
+        INSERT INTO progress_events (attempt_id, learner_id, record_time)
+        SELECT attempt_id, learner_id, $2 FROM known ON CONFLICT (attempt_id) DO NOTHING
+        RETURNING attempt_id
+    ),
+    course AS (
+        INSERT INTO course_progress AS p (learner_id, course_id, attempt_count, correct_count, items_seen, last_attempt_time)
+        SELECT k.learner_id, k.course_id, count(*), sum(k.correct), sum(k.first_attempt), max(k.answered)
+        FROM known k JOIN fresh USING (attempt_id) GROUP BY k.learner_id, k.course_id
+        ON CONFLICT (learner_id, course_id) DO UPDATE SET
+           attempt_count = p.attempt_count + excluded.attempt_count,
+           correct_count = p.correct_count + excluded.correct_count,
+           items_seen = p.items_seen + excluded.items_seen,
+           last_attempt_time = GREATEST(p.last_attempt_time, excluded.last_attempt_time)
+    ),
+    skill AS (
+        INSERT INTO skill_progress AS p (learner_id, course_id, skill_id, attempt_count, correct_count, last_attempt_time)
+        SELECT k.learner_id, k.course_id, s.skill_id, count(*), sum(k.correct), max(k.answered)
+        FROM known k JOIN fresh USING (attempt_id)
+             CROSS JOIN LATERAL (SELECT DISTINCT value FROM jsonb_array_elements_text(k.skill_ids)) AS s (skill_id)
+        GROUP BY k.learner_id, k.course_id, s.skill_id
+        ON CONFLICT (learner_id, course_id, skill_id) DO UPDATE SET
+           attempt_count = p.attempt_count + excluded.attempt_count,
+           correct_count = p.correct_count + excluded.correct_count,
+           last_attempt_time = GREATEST(p.last_attempt_time, excluded.last_attempt_time)
+    )
+    SELECT (SELECT count(*) FROM known), (SELECT count(*) FROM fresh)";
 
 const LEARNER_COLUMNS: &str = "learner_id, display_name, email, locale, desired_retention, create_time, update_time";
 
@@ -154,15 +190,17 @@ impl UserStore {
     /// Deletes a learner with their enrolments and progress; false when there was none.
     pub async fn delete_learner(&self, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.db.begin_write().await?;
-        // Children first and explicitly, so the delete does not hang on each connection's
-        // foreign-key settings (SQLite cascades only with PRAGMA foreign_keys on).
+        // The learner first: on PostgreSQL its row lock waits for a progress batch holding the
+        // learner, and makes later batches leave them out, so the deletes below miss nothing.
+        // The rest explicitly: PostgreSQL's progress tables have no foreign keys, and SQLite
+        // cascades only with PRAGMA foreign_keys on.
+        let deleted = sqlx::query("DELETE FROM learners WHERE learner_id = $1").bind(id).execute(&mut *tx).await?;
         for table in ["progress_events", "skill_progress", "course_progress", "enrolments"] {
             sqlx::query(AssertSqlSafe(format!("DELETE FROM {table} WHERE learner_id = $1")))
                 .bind(id.to_owned())
                 .execute(&mut *tx)
                 .await?;
         }
-        let deleted = sqlx::query("DELETE FROM learners WHERE learner_id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(deleted.rows_affected() > 0)
     }
@@ -274,96 +312,36 @@ impl UserStore {
             Dialect::Postgres => {
                 let mut seen = HashSet::new();
                 let unique: Vec<&ProgressEvent> = events.iter().filter(|e| seen.insert(&e.attempt_id)).collect();
-                let mut outcome = RecordOutcome {
-                    duplicates: i32::try_from(events.len() - unique.len()).unwrap_or(i32::MAX),
-                    ..RecordOutcome::default()
-                };
-                for chunk in unique.chunks(PROGRESS_EVENTS_PER_STATEMENT) {
-                    let counted = self.record_progress_in_one_statement(chunk).await?;
-                    outcome.applied += counted.applied;
-                    outcome.duplicates += counted.duplicates;
-                    outcome.unknown_learners += counted.unknown_learners;
-                }
-                Ok(outcome)
+                let duplicates = i32::try_from(events.len() - unique.len()).unwrap_or(i32::MAX);
+                let counted = self.record_progress_in_one_statement(&unique).await?;
+                Ok(RecordOutcome { duplicates: counted.duplicates + duplicates, ..counted })
             }
             Dialect::Sqlite => self.record_progress_in_transaction(events).await,
         }
     }
 
     /// PostgreSQL: a batch of distinct attempts in one statement (one round trip, its own
-    /// transaction). Counts are added up per learner, course and skill first, because one
-    /// statement may not update a row twice.
+    /// transaction). The events travel as one JSON parameter, so every batch runs the same
+    /// prepared statement, whatever its size. Counts are added up per learner, course and skill
+    /// first, because one statement may not update a row twice.
     async fn record_progress_in_one_statement(&self, events: &[&ProgressEvent]) -> Result<RecordOutcome, StoreError> {
         let now = now_millis();
-        let mut event_rows = Vec::with_capacity(events.len());
-        let mut skill_rows = Vec::new();
-        let mut n = 1;
-        for _ in events {
-            event_rows.push(format!("(${}, ${}, ${}, ${}, ${}, ${})", n, n + 1, n + 2, n + 3, n + 4, n + 5));
-            n += 6;
-        }
-        // Each skill once per attempt, as the per-event statements of the transaction count it.
-        let skill_pairs: Vec<(&String, &String)> = events
+        let rows: Vec<serde_json::Value> = events
             .iter()
-            .flat_map(|e| e.skill_ids.iter().collect::<HashSet<_>>().into_iter().map(move |s| (&e.attempt_id, s)))
+            .map(|e| {
+                serde_json::json!({
+                    "attempt_id": e.attempt_id,
+                    "learner_id": e.learner_id,
+                    "course_id": e.course_id,
+                    "correct": i64::from(e.correct),
+                    "first_attempt": i64::from(e.first_attempt),
+                    "answered": e.answer_time.as_ref().map_or(now, alp_runtime::time::timestamp_millis),
+                    "skill_ids": e.skill_ids,
+                })
+            })
             .collect();
-        for _ in &skill_pairs {
-            skill_rows.push(format!("(${}, ${})", n, n + 1));
-            n += 2;
-        }
-        let skills = if skill_rows.is_empty() {
-            String::new()
-        } else {
-            format!(
-                ", event_skill (attempt_id, skill_id) AS (VALUES {}),
-                 skill AS (
-                    INSERT INTO skill_progress AS p (learner_id, course_id, skill_id, attempt_count, correct_count, last_attempt_time)
-                    SELECT k.learner_id, k.course_id, s.skill_id, count(*), sum(k.correct), max(k.answered)
-                    FROM event_skill s JOIN known k USING (attempt_id) JOIN fresh USING (attempt_id)
-                    GROUP BY k.learner_id, k.course_id, s.skill_id
-                    ON CONFLICT (learner_id, course_id, skill_id) DO UPDATE SET
-                       attempt_count = p.attempt_count + excluded.attempt_count,
-                       correct_count = p.correct_count + excluded.correct_count,
-                       last_attempt_time = GREATEST(p.last_attempt_time, excluded.last_attempt_time)
-                 )",
-                skill_rows.join(", ")
-            )
-        };
-        let sql = format!(
-            "WITH event (attempt_id, learner_id, course_id, correct, first_attempt, answered) AS (VALUES {events}),
-             known AS (SELECT e.* FROM event e JOIN learners l ON l.learner_id = e.learner_id),
-             fresh AS (
-                INSERT INTO progress_events (attempt_id, learner_id, record_time)
-                SELECT attempt_id, learner_id, ${n} FROM known ON CONFLICT (attempt_id) DO NOTHING
-                RETURNING attempt_id
-             ),
-             course AS (
-                INSERT INTO course_progress AS p (learner_id, course_id, attempt_count, correct_count, items_seen, last_attempt_time)
-                SELECT k.learner_id, k.course_id, count(*), sum(k.correct), sum(k.first_attempt), max(k.answered)
-                FROM known k JOIN fresh USING (attempt_id) GROUP BY k.learner_id, k.course_id
-                ON CONFLICT (learner_id, course_id) DO UPDATE SET
-                   attempt_count = p.attempt_count + excluded.attempt_count,
-                   correct_count = p.correct_count + excluded.correct_count,
-                   items_seen = p.items_seen + excluded.items_seen,
-                   last_attempt_time = GREATEST(p.last_attempt_time, excluded.last_attempt_time)
-             ){skills}
-             SELECT (SELECT count(*) FROM known), (SELECT count(*) FROM fresh)",
-            events = event_rows.join(", "),
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for event in events {
-            query = query
-                .bind(&event.attempt_id)
-                .bind(&event.learner_id)
-                .bind(&event.course_id)
-                .bind(i64::from(event.correct))
-                .bind(i64::from(event.first_attempt))
-                .bind(event.answer_time.as_ref().map_or(now, alp_runtime::time::timestamp_millis));
-        }
-        for (attempt_id, skill_id) in skill_pairs {
-            query = query.bind(attempt_id).bind(skill_id);
-        }
-        let row = query.bind(now).fetch_one(self.db.pool()).await?;
+        let events_json = serde_json::Value::Array(rows).to_string();
+        let row = sqlx::query(RECORD_PROGRESS_POSTGRES).bind(events_json).bind(now).fetch_one(self.db.pool()).await?;
         let (known, fresh): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
         let count = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
         Ok(RecordOutcome {
