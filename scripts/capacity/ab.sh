@@ -7,8 +7,9 @@
 #
 #   scripts/capacity/ab.sh /tmp/old/target/release/alp target/release/alp submit-attempt 100
 #
-# Knobs: ALP_AB_DURATION (60s), ALP_AB_WARMUP (10s), ALP_AB_OUT (target/ab), and
-# scripts/capacity.sh's ALP_CAPACITY_LEARNERS, _ITEMS, _HISTORY and _WORK. Keep the seven runs
+# Knobs: ALP_AB_DURATION (60s), ALP_AB_WARMUP (10s), ALP_AB_OUT (target/ab), ALP_AB_BEFORE (a
+# command run with the side, A or B, before each run, with PostgreSQL up and the services
+# stopped: e.g. to put that side's schema in place when B migrates), and scripts/capacity.sh's ALP_CAPACITY_LEARNERS, _ITEMS, _HISTORY and _WORK. Keep the seven runs
 # within the caches' 10-minute entries (warm-up plus duration at most about 75 s): the warm run
 # fills them once, and in longer series the last run, always a B, meets them expired.
 set -euo pipefail
@@ -44,6 +45,10 @@ for side in W A B B A A B; do
   binary=$a
   [ "$side" = B ] && binary=$b
   stop_suite
+  if [ -n "${ALP_AB_BEFORE:-}" ]; then
+    # The unmeasured warm run is A's.
+    $ALP_AB_BEFORE "$([ "$side" = B ] && echo B || echo A)"
+  fi
   start_suite "$binary"
   result="$out/runs/$endpoint-$rate-${#runs[@]}-$side.json"
   say "$side: $endpoint at $rate/s for $duration ($binary)"
