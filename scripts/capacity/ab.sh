@@ -9,9 +9,10 @@
 #
 # Knobs: ALP_AB_DURATION (60s), ALP_AB_WARMUP (10s), ALP_AB_OUT (target/ab), ALP_AB_BEFORE (a
 # command run with the side, A or B, before each run, with PostgreSQL up and the services
-# stopped: e.g. to put that side's schema in place when B migrates), and scripts/capacity.sh's ALP_CAPACITY_LEARNERS, _ITEMS, _HISTORY and _WORK. Keep the seven runs
-# within the caches' 10-minute entries (warm-up plus duration at most about 75 s): the warm run
-# fills them once, and in longer series the last run, always a B, meets them expired.
+# stopped: e.g. to put that side's schema in place when B migrates), and scripts/capacity.sh's
+# ALP_CAPACITY_LEARNERS, _ITEMS, _HISTORY and _WORK. Keep the seven runs within the caches'
+# 10-minute entries (warm-up plus duration at most about 75 s): the warm run fills them once,
+# and in longer series the last run, always a B, meets them expired.
 set -euo pipefail
 [ $# -eq 4 ] || { echo "usage: $0 ALP_A ALP_B ENDPOINT RATE" >&2; exit 2; }
 a=$(realpath "$1")
