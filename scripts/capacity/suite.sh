@@ -16,9 +16,11 @@ if [ ! -d "$work/pg" ]; then
   as_pg "$pg_bin/initdb" -D "$work/pg" -U postgres --auth=trust -E UTF8 >/dev/null
 fi
 touch "$work/logs/postgres.log" && [ "$(id -u)" = 0 ] && chown postgres "$work/logs/postgres.log"
+# wal_compression as the README advises for production: full-page images are most of the WAL
+# of random writes (docs/performance.md, 2026-12-07, eighth).
 as_pg "$pg_bin/pg_ctl" -D "$work/pg" -w -l "$work/logs/postgres.log" -o "-c listen_addresses=127.0.0.1 -p $pg_port \
-  -k $work/pg -c fsync=on -c synchronous_commit=on -c max_connections=400 -c shared_buffers=512MB \
-  -c shared_preload_libraries=pg_stat_statements" start >/dev/null
+  -k $work/pg -c fsync=on -c synchronous_commit=on -c wal_compression=lz4 -c max_connections=400 \
+  -c shared_buffers=512MB -c shared_preload_libraries=pg_stat_statements" start >/dev/null
 pids=()
 declare -A pid=()
 cleanup() {
