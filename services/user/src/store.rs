@@ -32,7 +32,6 @@ pub struct UserStore {
     db: Database,
 }
 
-/// Keeps a statement's parameters well under PostgreSQL's 65,535 (6 per event, 2 per skill).
 /// `$1`: the events as a JSON array of objects named like the columns of `event`; `$2`: the
 /// record time. Each skill counts once per attempt, as in SQLite's per-event statements. Unknown
 /// learners are left out, and the known ones are held against a concurrent DeleteLearner until
