@@ -5,6 +5,7 @@ pub mod cache;
 mod catalogue;
 mod downstream;
 mod error;
+mod group_commit;
 mod outbox;
 mod phase;
 mod score_request;
@@ -24,8 +25,9 @@ use tonic::service::Routes;
 pub use api::SchedulerApi;
 pub use downstream::DownstreamConfigs;
 pub use error::SchedulerError;
+pub use group_commit::{GroupCommit, GroupCommitConfig};
 pub use outbox::RelayConfig;
-pub use store::{AttemptRow, Consumer, ExportFilter, MemoryRow, SchedulerStore};
+pub use store::{AttemptRecord, AttemptRow, Consumer, ExportFilter, MemoryRow, SchedulerStore};
 
 pub const SERVICE_NAME: &str = scheduler_service_server::SERVICE_NAME;
 
@@ -113,6 +115,7 @@ pub async fn serve_with_shutdown(
     let caches = cache::SchedulerCaches::new(redis.clone());
     let attempts = submit_attempt::AttemptRecorder::new(
         store.clone(),
+        GroupCommit::new(store.clone(), GroupCommitConfig::default()),
         downstream.clone(),
         caches.clone(),
         scoring_outbox.clone(),

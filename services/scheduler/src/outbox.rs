@@ -334,6 +334,7 @@ mod tests {
     use alp_runtime::db::Database;
 
     use super::*;
+    use crate::store::AttemptRecord;
 
     /// The batches delivered so far; the first `fail` deliveries fail.
     #[derive(Default)]
@@ -463,7 +464,9 @@ mod tests {
         };
         let scoring = Consumer::Scoring;
         for id in ["a1", "a2"] {
-            store.record(&row(id), &memory(id), &[(scoring, id.as_bytes().to_vec())]).await.unwrap();
+            let record =
+                AttemptRecord { attempt: row(id), memory: memory(id), outbox: vec![(scoring, id.as_bytes().to_vec())] };
+            store.record(&record).await.unwrap();
         }
         // Down for the fast path's batch and the sweeper's first try.
         let consumer = Arc::new(Recipient { fail: AtomicUsize::new(2), ..Recipient::default() });

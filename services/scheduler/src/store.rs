@@ -1,5 +1,7 @@
 //! The scheduler's own data: the attempt log, memory states and the outbox to its consumers.
 
+use std::collections::HashMap;
+
 use alp_proto::common::v1::MemoryState;
 use alp_proto::scheduler::v1::Attempt;
 use alp_runtime::StoreError;
@@ -87,6 +89,18 @@ impl AttemptRow {
     }
 }
 
+/// One attempt's durable write: the attempt, the learner's new memory state of the item and one
+/// outbox row per consumer.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub attempt: AttemptRow,
+    pub memory: MemoryRow,
+    pub outbox: Vec<(Consumer, Vec<u8>)>,
+}
+
+/// (consumer, sequence number) of one attempt's outbox rows, as the database returned them.
+type OutboxSeqs = Vec<(String, i64)>;
+
 /// Filters of an attempt export.
 #[derive(Debug, Clone, Default)]
 pub struct ExportFilter {
@@ -105,6 +119,11 @@ const ATTEMPT_COLUMNS: &str = "attempt_id, learner_id, course_id, item_id, ratin
      record_time, stability, difficulty, due_time, predicted_recall, predicted_success, mock_test_id";
 const MEMORY_COLUMNS: &str = "item_id, course_id, stability, difficulty, last_review_time, due_time, last_rating, \
      review_count, lapse_count, phase, step, knowledge";
+/// [`MEMORY_COLUMNS`] as named beside the attempt's in a batch's input rows.
+const MEMORY_INPUT_COLUMNS: &str = "m_item_id, m_course_id, m_stability, m_difficulty, m_last_review_time, \
+     m_due_time, m_last_rating, m_review_count, m_lapse_count, m_phase, m_step, m_knowledge";
+/// Parameters per record in a batch: [`bind_attempt`]'s, then [`bind_memory`]'s.
+const RECORD_PARAMETERS: usize = 15 + 12;
 /// The attempt's columns as bound by [`bind_attempt`].
 const ATTEMPT_VALUES: &str = "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
 /// A new answer to an item seen before adds to its counts and replaces the rest.
@@ -179,102 +198,149 @@ impl SchedulerStore {
         rows.iter().map(memory_from_row).collect()
     }
 
-    /// Records an attempt, the new memory state and one outbox row per consumer atomically: the
-    /// rows' sequence numbers, in `outbox`'s order. None, writing nothing, when the attempt id is
-    /// already recorded.
-    pub async fn record(
-        &self,
-        attempt: &AttemptRow,
-        memory: &MemoryRow,
-        outbox: &[(Consumer, Vec<u8>)],
-    ) -> Result<Option<Vec<i64>>, StoreError> {
-        let seqs = match self.db.dialect() {
-            Dialect::Postgres => self.record_in_one_statement(attempt, memory, outbox).await?,
-            Dialect::Sqlite => self.record_in_transaction(attempt, memory, outbox).await?,
-        };
-        let Some(seqs) = seqs else { return Ok(None) };
-        // Back in the caller's order.
-        outbox
-            .iter()
-            .map(|(consumer, _)| {
-                seqs.iter()
-                    .find(|(c, _)| c == consumer.as_str())
-                    .map(|(_, seq)| *seq)
-                    .ok_or_else(|| StoreError::Corrupt(format!("no outbox row for {} returned", consumer.as_str())))
-            })
-            .collect::<Result<Vec<i64>, StoreError>>()
-            .map(Some)
+    /// Records one attempt; see [`SchedulerStore::record_many`].
+    pub async fn record(&self, record: &AttemptRecord) -> Result<Option<Vec<i64>>, StoreError> {
+        Ok(self.record_many(std::slice::from_ref(record)).await?.pop().flatten())
     }
 
-    /// PostgreSQL: one statement is one round trip and its own transaction. The memory state and
-    /// the outbox rows are written only when the attempt's insert returned a row, so a duplicate
-    /// id writes nothing, as in the transaction below.
-    async fn record_in_one_statement(
+    /// Records attempts, each with its new memory state and its outbox rows, in one commit. Per
+    /// record, in order: the sequence numbers of its outbox rows, in the record's order; or None,
+    /// having written nothing for it, when its attempt id was recorded before (or earlier in
+    /// `records`). Every record needs at least one outbox row.
+    pub async fn record_many(&self, records: &[AttemptRecord]) -> Result<Vec<Option<Vec<i64>>>, StoreError> {
+        if let Some(empty) = records.iter().find(|r| r.outbox.is_empty()) {
+            return Err(StoreError::Corrupt(format!("attempt {} has no outbox rows", empty.attempt.attempt_id)));
+        }
+        let written = match self.db.dialect() {
+            Dialect::Postgres => self.record_in_statements(records).await?,
+            Dialect::Sqlite => self.record_in_transaction(records).await?,
+        };
+        records
+            .iter()
+            .zip(written)
+            .map(|(record, seqs)| {
+                let Some(seqs) = seqs else { return Ok(None) };
+                // Back in the record's order.
+                record
+                    .outbox
+                    .iter()
+                    .map(|(consumer, _)| {
+                        seqs.iter().find(|(c, _)| c == consumer.as_str()).map(|(_, seq)| *seq).ok_or_else(|| {
+                            StoreError::Corrupt(format!("no outbox row for {} returned", consumer.as_str()))
+                        })
+                    })
+                    .collect::<Result<Vec<i64>, StoreError>>()
+                    .map(Some)
+            })
+            .collect()
+    }
+
+    /// PostgreSQL: one statement, one round trip and one commit for the lot. A statement may not
+    /// upsert one memory state twice, so a second attempt of a learner at an item (or a repeated
+    /// attempt id) goes into a statement after it: all in one transaction.
+    async fn record_in_statements(&self, records: &[AttemptRecord]) -> Result<Vec<Option<OutboxSeqs>>, StoreError> {
+        let waves = conflict_free_waves(records);
+        let mut written = vec![None; records.len()];
+        if let [wave] = waves.as_slice() {
+            self.record_in_one_statement(records, wave, self.db.pool(), &mut written).await?;
+        } else {
+            let mut tx = self.db.begin_write().await?;
+            for wave in &waves {
+                self.record_in_one_statement(records, wave, &mut *tx, &mut written).await?;
+            }
+            tx.commit().await?;
+        }
+        Ok(written)
+    }
+
+    /// The records at `wave` (indexes into `records`, no two with one attempt id or one learner
+    /// and item) in one statement. The memory state and the outbox rows of an attempt are
+    /// written only when its insert returned a row, so a duplicate id writes nothing.
+    async fn record_in_one_statement<'e, E>(
         &self,
-        attempt: &AttemptRow,
-        memory: &MemoryRow,
-        outbox: &[(Consumer, Vec<u8>)],
-    ) -> Result<Option<Vec<(String, i64)>>, StoreError> {
+        records: &[AttemptRecord],
+        wave: &[usize],
+        executor: E,
+        written: &mut [Option<OutboxSeqs>],
+    ) -> Result<(), StoreError>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
+        let outbox_rows: usize = wave.iter().map(|i| records[*i].outbox.len()).sum();
         let sql = format!(
-            "WITH attempt AS (
-                INSERT INTO attempts ({ATTEMPT_COLUMNS}) {ATTEMPT_VALUES}
-                ON CONFLICT (attempt_id) DO NOTHING RETURNING attempt_id
+            "WITH input ({ATTEMPT_COLUMNS}, {MEMORY_INPUT_COLUMNS}) AS (VALUES {}),
+             attempt AS (
+                INSERT INTO attempts ({ATTEMPT_COLUMNS}) SELECT {ATTEMPT_COLUMNS} FROM input
+                ON CONFLICT (attempt_id) DO NOTHING RETURNING attempt_id, record_time
              ), memory AS (
                 INSERT INTO memory_states AS m (learner_id, {MEMORY_COLUMNS})
-                SELECT $2, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27 FROM attempt
+                SELECT input.learner_id, {MEMORY_INPUT_COLUMNS} FROM input JOIN attempt USING (attempt_id)
                 {MEMORY_UPSERT}
              )
              INSERT INTO outbox (attempt_id, consumer, event, create_time)
-             SELECT attempt_id, v.consumer, v.event, $9 FROM attempt, (VALUES {}) AS v (consumer, event)
-             RETURNING consumer, seq",
-            value_rows(28, outbox.len(), 2)
+             SELECT o.attempt_id, o.consumer, o.event, attempt.record_time
+             FROM (VALUES {}) AS o (attempt_id, consumer, event) JOIN attempt USING (attempt_id)
+             RETURNING attempt_id, consumer, seq",
+            value_rows(1, wave.len(), RECORD_PARAMETERS),
+            value_rows(1 + wave.len() * RECORD_PARAMETERS, outbox_rows, 3)
         );
-        let mut query = bind_memory(bind_attempt(sqlx::query(AssertSqlSafe(sql)), attempt), memory);
-        for (consumer, event) in outbox {
-            query = query.bind(consumer.as_str()).bind(event.clone());
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for record in wave.iter().map(|i| &records[*i]) {
+            query = bind_memory(bind_attempt(query, &record.attempt), &record.memory);
         }
-        let rows = query.fetch_all(self.db.pool()).await?;
-        if rows.is_empty() {
-            return Ok(None);
+        for record in wave.iter().map(|i| &records[*i]) {
+            for (consumer, event) in &record.outbox {
+                query = query.bind(&record.attempt.attempt_id).bind(consumer.as_str()).bind(event.clone());
+            }
         }
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, StoreError>>().map(Some)
+        let by_attempt: HashMap<&str, usize> =
+            wave.iter().map(|i| (records[*i].attempt.attempt_id.as_str(), *i)).collect();
+        for row in query.fetch_all(executor).await? {
+            let attempt_id: String = row.try_get(0)?;
+            let index = by_attempt
+                .get(attempt_id.as_str())
+                .ok_or_else(|| StoreError::Corrupt(format!("outbox row for an attempt not written: {attempt_id}")))?;
+            written[*index].get_or_insert_with(Vec::new).push((row.try_get(1)?, row.try_get(2)?));
+        }
+        Ok(())
     }
 
     /// SQLite: no data-modifying CTEs, and a round trip costs nothing in process.
-    async fn record_in_transaction(
-        &self,
-        attempt: &AttemptRow,
-        memory: &MemoryRow,
-        outbox: &[(Consumer, Vec<u8>)],
-    ) -> Result<Option<Vec<(String, i64)>>, StoreError> {
+    async fn record_in_transaction(&self, records: &[AttemptRecord]) -> Result<Vec<Option<OutboxSeqs>>, StoreError> {
         let mut tx = self.db.begin_write().await?;
-        let sql =
-            format!("INSERT INTO attempts ({ATTEMPT_COLUMNS}) {ATTEMPT_VALUES} ON CONFLICT (attempt_id) DO NOTHING");
-        let inserted = bind_attempt(sqlx::query(AssertSqlSafe(sql)), attempt).execute(&mut *tx).await?.rows_affected();
-        if inserted == 0 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        let sql = format!(
-            "INSERT INTO memory_states AS m (learner_id, {MEMORY_COLUMNS})
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) {MEMORY_UPSERT}"
-        );
-        bind_memory(sqlx::query(AssertSqlSafe(sql)).bind(&attempt.learner_id), memory).execute(&mut *tx).await?;
-        let mut seqs = Vec::with_capacity(outbox.len());
-        for (consumer, event) in outbox {
-            let seq: i64 = sqlx::query_scalar(
-                "INSERT INTO outbox (attempt_id, consumer, event, create_time) VALUES ($1, $2, $3, $4) RETURNING seq",
-            )
-            .bind(&attempt.attempt_id)
-            .bind(consumer.as_str())
-            .bind(event.clone())
-            .bind(attempt.record_ms)
-            .fetch_one(&mut *tx)
-            .await?;
-            seqs.push((consumer.as_str().to_owned(), seq));
+        let mut written = Vec::with_capacity(records.len());
+        for AttemptRecord { attempt, memory, outbox } in records {
+            let sql = format!(
+                "INSERT INTO attempts ({ATTEMPT_COLUMNS}) {ATTEMPT_VALUES} ON CONFLICT (attempt_id) DO NOTHING"
+            );
+            let inserted =
+                bind_attempt(sqlx::query(AssertSqlSafe(sql)), attempt).execute(&mut *tx).await?.rows_affected();
+            if inserted == 0 {
+                written.push(None);
+                continue;
+            }
+            let sql = format!(
+                "INSERT INTO memory_states AS m (learner_id, {MEMORY_COLUMNS})
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) {MEMORY_UPSERT}"
+            );
+            bind_memory(sqlx::query(AssertSqlSafe(sql)).bind(&attempt.learner_id), memory).execute(&mut *tx).await?;
+            let mut seqs = Vec::with_capacity(outbox.len());
+            for (consumer, event) in outbox {
+                let seq: i64 = sqlx::query_scalar(
+                    "INSERT INTO outbox (attempt_id, consumer, event, create_time) VALUES ($1, $2, $3, $4) RETURNING seq",
+                )
+                .bind(&attempt.attempt_id)
+                .bind(consumer.as_str())
+                .bind(event.clone())
+                .bind(attempt.record_ms)
+                .fetch_one(&mut *tx)
+                .await?;
+                seqs.push((consumer.as_str().to_owned(), seq));
+            }
+            written.push(Some(seqs));
         }
         tx.commit().await?;
-        Ok(Some(seqs))
+        Ok(written)
     }
 
     /// (item id, correct) of a learner's answers in one mock test, in the order recorded.
@@ -428,4 +494,25 @@ fn memory_from_row(r: &AnyRow) -> Result<MemoryRow, StoreError> {
         step: u32::try_from(r.try_get::<i64, _>(10)?).unwrap_or_default(),
         knowledge: r.try_get(11)?,
     })
+}
+
+/// `records`' indexes split into statements, in order, none holding two records with one
+/// attempt id or one learner and item: each record goes into the first statement after every
+/// earlier record it collides with.
+fn conflict_free_waves(records: &[AttemptRecord]) -> Vec<Vec<usize>> {
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    let mut wave_of_id: HashMap<&str, usize> = HashMap::new();
+    let mut wave_of_pair: HashMap<(&str, &str), usize> = HashMap::new();
+    for (index, record) in records.iter().enumerate() {
+        let id = record.attempt.attempt_id.as_str();
+        let pair = (record.attempt.learner_id.as_str(), record.memory.item_id.as_str());
+        let wave = wave_of_id.get(id).into_iter().chain(wave_of_pair.get(&pair)).map(|w| w + 1).max().unwrap_or(0);
+        match waves.get_mut(wave) {
+            Some(statement) => statement.push(index),
+            None => waves.push(vec![index]),
+        }
+        wave_of_id.insert(id, wave);
+        wave_of_pair.insert(pair, wave);
+    }
+    waves
 }

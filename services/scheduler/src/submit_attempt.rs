@@ -18,9 +18,10 @@ use prost::Message;
 use crate::cache::{SchedulerCaches, memory_key};
 use crate::downstream::{Downstreams, choice_count};
 use crate::error::SchedulerError;
+use crate::group_commit::GroupCommit;
 use crate::outbox::{Consumer, Relay};
 use crate::phase::PhaseTimer;
-use crate::store::{AttemptRow, MemoryRow, SchedulerStore};
+use crate::store::{AttemptRecord, AttemptRow, MemoryRow, SchedulerStore};
 
 /// How far ahead of the server clock a client's answer time may be.
 const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
@@ -101,6 +102,7 @@ pub enum Submitted {
 #[derive(Debug, Clone)]
 pub struct AttemptRecorder {
     store: SchedulerStore,
+    records: GroupCommit,
     downstream: Downstreams,
     caches: SchedulerCaches,
     scoring: Relay,
@@ -110,12 +112,13 @@ pub struct AttemptRecorder {
 impl AttemptRecorder {
     pub fn new(
         store: SchedulerStore,
+        records: GroupCommit,
         downstream: Downstreams,
         caches: SchedulerCaches,
         scoring: Relay,
         user: Relay,
     ) -> Self {
-        Self { store, downstream, caches, scoring, user }
+        Self { store, records, downstream, caches, scoring, user }
     }
 
     pub async fn submit(&self, submission: Submission) -> Result<Submitted, SchedulerError> {
@@ -220,22 +223,27 @@ impl AttemptRecorder {
             answer_time: Some(timestamp(s.answer_ms)),
         };
         let first_attempt = prior.is_none();
-        let outbox = [(Consumer::Scoring, for_scoring.encode_to_vec()), (Consumer::User, for_user.encode_to_vec())];
+        let (scoring_row, user_row) = (for_scoring.encode_to_vec(), for_user.encode_to_vec());
+        let record = AttemptRecord {
+            attempt,
+            memory: state,
+            outbox: vec![(Consumer::Scoring, scoring_row.clone()), (Consumer::User, user_row.clone())],
+        };
 
         // In a task of its own: once the attempt commits, the cache invalidation and the outbox
         // hand-off must follow even if the caller's deadline cuts this handler short.
         let this = self.clone();
         let recording = tokio::spawn(async move {
-            let Some(seqs) = this.store.record(&attempt, &state, &outbox).await? else { return Ok(None) };
+            let (learner_id, course_id) = (record.attempt.learner_id.clone(), record.attempt.course_id.clone());
+            let attempt = record.attempt.to_proto();
+            let Some(seqs) = this.records.record(record).await? else { return Ok(None) };
             // Before answering, so the learner's next NextItems cannot see the state before this.
-            let key = memory_key(&attempt.learner_id, &attempt.course_id);
-            this.caches.memory.invalidate(&[key]).await;
-            let [(_, scoring_row), (_, user_row)] = outbox;
+            this.caches.memory.invalidate(&[memory_key(&learner_id, &course_id)]).await;
             // Only a first answer moves what a ranking reads (ability, difficulty, the practice
             // target); a review changes the memory state alone, committed here.
-            this.scoring.send(seqs[0], &attempt.learner_id, scoring_row, first_attempt);
-            this.user.send(seqs[1], &attempt.learner_id, user_row, false);
-            Ok::<_, alp_runtime::StoreError>(Some(attempt.to_proto()))
+            this.scoring.send(seqs[0], &learner_id, scoring_row, first_attempt);
+            this.user.send(seqs[1], &learner_id, user_row, false);
+            Ok::<_, SchedulerError>(Some(attempt))
         });
         let recorded = recording
             .await

@@ -3,7 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use alp_runtime::testing::on_every_backend;
-use alp_scheduler::{AttemptRow, Consumer, ExportFilter, MIGRATIONS, MemoryRow, SchedulerStore};
+use alp_scheduler::{
+    AttemptRecord, AttemptRow, Consumer, ExportFilter, GroupCommit, GroupCommitConfig, MIGRATIONS, MemoryRow,
+    SchedulerStore,
+};
 
 fn attempt(id: &str, learner: &str, item: &str, record_ms: i64) -> AttemptRow {
     AttemptRow {
@@ -50,7 +53,8 @@ fn outbox(attempt: &AttemptRow) -> Vec<(Consumer, Vec<u8>)> {
 
 async fn record(store: &SchedulerStore, id: &str, learner: &str, item: &str, at: i64, lapses: i64) -> bool {
     let row = attempt(id, learner, item, at);
-    store.record(&row, &memory(item, row.due_ms, lapses), &outbox(&row)).await.unwrap().is_some()
+    let record = AttemptRecord { memory: memory(item, row.due_ms, lapses), outbox: outbox(&row), attempt: row };
+    store.record(&record).await.unwrap().is_some()
 }
 
 #[tokio::test]
@@ -77,6 +81,72 @@ async fn an_attempt_id_is_recorded_once_with_its_memory_state_and_outbox_event()
             (2, 1, 3_000_000 + 86_400_000 - 1000)
         );
         assert!(store.memory_state("l1", "i9").await.unwrap().is_none());
+    })
+    .await;
+}
+
+fn attempt_record(id: &str, learner: &str, item: &str, at: i64) -> AttemptRecord {
+    let row = attempt(id, learner, item, at);
+    AttemptRecord { memory: memory(item, row.due_ms, 0), outbox: outbox(&row), attempt: row }
+}
+
+#[tokio::test]
+async fn a_batch_records_each_attempt_once_in_order_even_when_they_collide() {
+    on_every_backend("scheduler", MIGRATIONS, |db| async move {
+        let store = SchedulerStore::new(db);
+        assert!(store.record(&attempt_record("old", "l9", "i9", 500)).await.unwrap().is_some());
+        let batch = [
+            attempt_record("a1", "l1", "i1", 1_000),
+            attempt_record("a2", "l1", "i2", 2_000),
+            attempt_record("a1", "l1", "i3", 3_000),
+            attempt_record("a3", "l1", "i1", 4_000),
+            attempt_record("old", "l9", "i9", 5_000),
+            attempt_record("a4", "l2", "i1", 6_000),
+            attempt_record("a5", "l1", "i1", 7_000),
+        ];
+        let written = store.record_many(&batch).await.unwrap();
+        let recorded: Vec<bool> = written.iter().map(Option::is_some).collect();
+        assert_eq!(recorded, [true, true, false, true, false, true, true], "a repeated id writes nothing");
+        let seqs: Vec<i64> = written.iter().flatten().flatten().copied().collect();
+        let distinct: std::collections::HashSet<i64> = seqs.iter().copied().collect();
+        assert_eq!((seqs.len(), distinct.len()), (10, 10), "two outbox rows per recorded attempt");
+        assert_eq!(store.outbox_depth(Consumer::Scoring).await.unwrap(), 6);
+        assert_eq!(store.attempt("a1").await.unwrap().unwrap().item_id, "i1", "the first of a repeated id");
+        // Three answers of l1 to i1 in one batch: each counted, the last one's state kept.
+        let state = store.memory_state("l1", "i1").await.unwrap().unwrap();
+        assert_eq!((state.review_count, state.last_review_ms), (3, 7_000 + 86_400_000 - 1000));
+        // Each record's rows in its own order: scoring's row carries the id, the user's it reversed.
+        let scoring = store.outbox_batch(Consumer::Scoring, 10, i64::MAX).await.unwrap();
+        let a3 = written[3].as_ref().unwrap();
+        assert!(scoring.iter().any(|(seq, event)| *seq == a3[0] && event == b"a3"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_records_share_commits_and_a_bad_one_fails_alone() {
+    on_every_backend("scheduler", MIGRATIONS, |db| async move {
+        let store = SchedulerStore::new(db);
+        let writer = GroupCommit::new(store.clone(), GroupCommitConfig { max_in_flight: 1, ..Default::default() });
+        let records: Vec<AttemptRecord> = (0..20)
+            .map(|n| {
+                let record = attempt_record(&format!("a{n}"), &format!("l{n}"), "i1", 1_000 + n);
+                // An attempt without outbox rows is refused.
+                if n == 7 { AttemptRecord { outbox: Vec::new(), ..record } } else { record }
+            })
+            .collect();
+        let written = futures::future::join_all(records.into_iter().map(|r| writer.record(r))).await;
+        for (n, result) in written.iter().enumerate() {
+            match n {
+                7 => assert!(result.is_err(), "the bad record fails"),
+                _ => assert!(result.as_ref().unwrap().is_some(), "record {n} is written"),
+            }
+        }
+        let (batches, records) = writer.written();
+        assert_eq!(records, 20);
+        assert!(batches < 20, "records waiting together share a batch: {batches} batches");
+        assert_eq!(store.outbox_depth(Consumer::User).await.unwrap(), 19);
+        assert!(store.attempt("a7").await.unwrap().is_none());
     })
     .await;
 }
@@ -160,10 +230,9 @@ async fn a_mock_tests_answers_come_back_in_order_apart_from_practice_and_other_t
         let store = SchedulerStore::new(db);
         let answer = |id: &str, learner: &str, item: &str, at: i64, test: &str, correct: bool| {
             let row = AttemptRow { mock_test_id: test.into(), correct, ..attempt(id, learner, item, at) };
-            let state = memory(item, row.due_ms, 0);
-            let rows = outbox(&row);
+            let record = AttemptRecord { memory: memory(item, row.due_ms, 0), outbox: outbox(&row), attempt: row };
             let store = store.clone();
-            async move { assert!(store.record(&row, &state, &rows).await.unwrap().is_some()) }
+            async move { assert!(store.record(&record).await.unwrap().is_some()) }
         };
         answer("a1", "l1", "i1", 1_000, "t1", true).await;
         answer("a2", "l1", "i2", 2_000, "", false).await;
