@@ -1,5 +1,7 @@
 //! The scheduler's errors and their gRPC status.
 
+use std::sync::Arc;
+
 use alp_runtime::client::CallError;
 use alp_runtime::{ErrorKind, FieldViolation, ServiceError, StoreError};
 
@@ -21,6 +23,9 @@ pub enum SchedulerError {
     Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A store error every request of a batched read shares.
+    #[error(transparent)]
+    BatchedRead(Arc<StoreError>),
 }
 
 impl SchedulerError {
@@ -39,6 +44,7 @@ impl ServiceError for SchedulerError {
             SchedulerError::Downstream(error) => error.kind(),
             SchedulerError::Unavailable(_) => ErrorKind::Unavailable,
             SchedulerError::Store(err) => err.kind(),
+            SchedulerError::BatchedRead(err) => err.kind(),
         }
     }
 }

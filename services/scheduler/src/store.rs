@@ -148,14 +148,32 @@ impl SchedulerStore {
     }
 
     pub async fn memory_state(&self, learner_id: &str, item_id: &str) -> Result<Option<MemoryRow>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {MEMORY_COLUMNS} FROM memory_states WHERE learner_id = $1 AND item_id = $2"
-        )))
-        .bind(learner_id)
-        .bind(item_id)
-        .fetch_optional(self.db.pool())
-        .await?;
-        row.map(|r| memory_from_row(&r)).transpose()
+        let pair = (learner_id.to_owned(), item_id.to_owned());
+        Ok(self.memory_states_of(std::slice::from_ref(&pair)).await?.remove(&pair))
+    }
+
+    /// The memory states of (learner, item) pairs in one round trip; pairs without one are absent.
+    pub async fn memory_states_of(
+        &self,
+        pairs: &[(String, String)],
+    ) -> Result<HashMap<(String, String), MemoryRow>, StoreError> {
+        if pairs.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut query = sqlx::query(AssertSqlSafe(format!(
+            "WITH wanted (learner_id, item_id) AS (VALUES {})
+             SELECT {MEMORY_COLUMNS}, learner_id FROM wanted JOIN memory_states USING (learner_id, item_id)",
+            value_rows(1, pairs.len(), 2)
+        )));
+        for (learner_id, item_id) in pairs {
+            query = query.bind(learner_id.clone()).bind(item_id.clone());
+        }
+        let mut found = HashMap::with_capacity(pairs.len());
+        for row in query.fetch_all(self.db.pool()).await? {
+            let memory = memory_from_row(&row)?;
+            found.insert((row.try_get(12)?, memory.item_id.clone()), memory);
+        }
+        Ok(found)
     }
 
     /// Every item the learner has attempted in a course, soonest due first.

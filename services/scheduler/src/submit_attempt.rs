@@ -5,14 +5,18 @@
 //! commit, the only durable write before the answer. Scoring's ability and difficulty models
 //! and the learner's progress follow from the outbox in batches.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use alp_proto::common::v1::Rating;
 use alp_proto::scheduler::v1::submit_attempt_request::Outcome;
 use alp_proto::scheduler::v1::{Attempt, SubmitAttemptRequest};
 use alp_proto::scoring::v1::{EvaluateAttemptRequest, RecordedAttempt};
 use alp_proto::user::v1::ProgressEvent;
-use alp_runtime::FieldViolation;
+use alp_runtime::batch::{BatchConfig, BatchError, Batcher};
 use alp_runtime::time::{duration, duration_millis, millis, timestamp, timestamp_millis};
 use alp_runtime::validate::{id, optional_id};
+use alp_runtime::{FieldViolation, StoreError};
 use prost::Message;
 
 use crate::cache::{SchedulerCaches, memory_key};
@@ -22,6 +26,11 @@ use crate::group_commit::GroupCommit;
 use crate::outbox::{Consumer, Relay};
 use crate::phase::PhaseTimer;
 use crate::store::{AttemptRecord, AttemptRow, MemoryRow, SchedulerStore};
+
+/// Prior states are read in batches without waiting for company: the reads that queue while one
+/// batch is out form the next.
+const PRIOR_BATCH: BatchConfig =
+    BatchConfig { max_size: 64, max_delay: Duration::ZERO, queue: 10_000, max_in_flight: 1 };
 
 /// How far ahead of the server clock a client's answer time may be.
 const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
@@ -102,6 +111,8 @@ pub enum Submitted {
 #[derive(Debug, Clone)]
 pub struct AttemptRecorder {
     store: SchedulerStore,
+    /// The prior memory states of the attempts being submitted, read together.
+    priors: Batcher<(String, String), MemoryRow, Arc<StoreError>>,
     records: GroupCommit,
     downstream: Downstreams,
     caches: SchedulerCaches,
@@ -118,7 +129,12 @@ impl AttemptRecorder {
         scoring: Relay,
         user: Relay,
     ) -> Self {
-        Self { store, records, downstream, caches, scoring, user }
+        let reader = store.clone();
+        let priors = Batcher::new("memory_states", PRIOR_BATCH, move |pairs: Vec<(String, String)>| {
+            let reader = reader.clone();
+            async move { reader.memory_states_of(&pairs).await.map_err(Arc::new) }
+        });
+        Self { store, priors, records, downstream, caches, scoring, user }
     }
 
     pub async fn submit(&self, submission: Submission) -> Result<Submitted, SchedulerError> {
@@ -127,7 +143,7 @@ impl AttemptRecorder {
         let (item, learner, prior) = tokio::join!(
             self.downstream.item(&submission.item_id),
             self.downstream.learner(&submission.learner_id),
-            self.store.memory_state(&submission.learner_id, &submission.item_id),
+            self.prior(&submission.learner_id, &submission.item_id),
         );
         let checked = async {
             let item = item?;
@@ -256,6 +272,14 @@ impl AttemptRecorder {
                 .recorded_before(&submission)
                 .await?
                 .ok_or_else(|| SchedulerError::FailedPrecondition("attempt vanished; retry".to_owned())),
+        }
+    }
+
+    async fn prior(&self, learner_id: &str, item_id: &str) -> Result<Option<MemoryRow>, SchedulerError> {
+        match self.priors.load((learner_id.to_owned(), item_id.to_owned())).await {
+            Ok(prior) => Ok(prior),
+            Err(BatchError::Failed(error)) => Err(SchedulerError::BatchedRead(error)),
+            Err(BatchError::Lost(batcher)) => Err(SchedulerError::Unavailable(format!("{batcher} lost the read"))),
         }
     }
 

@@ -124,6 +124,24 @@ async fn a_batch_records_each_attempt_once_in_order_even_when_they_collide() {
 }
 
 #[tokio::test]
+async fn memory_states_are_read_by_learner_and_item_together() {
+    on_every_backend("scheduler", MIGRATIONS, |db| async move {
+        let store = SchedulerStore::new(db);
+        for (id, learner, item, lapses) in [("a1", "l1", "i1", 0), ("a2", "l1", "i2", 1), ("a3", "l2", "i1", 2)] {
+            assert!(record(&store, id, learner, item, 1_000, lapses).await);
+        }
+        let pair = |l: &str, i: &str| (l.to_owned(), i.to_owned());
+        let wanted = [pair("l1", "i2"), pair("l2", "i1"), pair("l1", "i9"), pair("l3", "i1")];
+        let found = store.memory_states_of(&wanted).await.unwrap();
+        let mut lapses: Vec<_> = found.iter().map(|((l, i), m)| (l.as_str(), i.as_str(), m.lapse_count)).collect();
+        lapses.sort_unstable();
+        assert_eq!(lapses, [("l1", "i2", 1), ("l2", "i1", 2)], "pairs without a state are absent");
+        assert!(store.memory_states_of(&[]).await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn concurrent_records_share_commits_and_a_bad_one_fails_alone() {
     on_every_backend("scheduler", MIGRATIONS, |db| async move {
         let store = SchedulerStore::new(db);
