@@ -1,0 +1,16 @@
+\set l0 random_zipfian(1, 100000, 1.1)
+\set i0 random(1, 1000)
+\set l1 random_zipfian(1, 100000, 1.1)
+\set i1 random(1, 1000)
+\set l2 random_zipfian(1, 100000, 1.1)
+\set i2 random(1, 1000)
+\set l3 random_zipfian(1, 100000, 1.1)
+\set i3 random(1, 1000)
+WITH input (attempt_id, learner_id, course_id, item_id, rating, correct, response_ms, answer_time, record_time, stability, difficulty, due_time, predicted_recall, predicted_success, mock_test_id, phase, step, knowledge, ev_s, ev_u) AS (VALUES (gen_random_uuid()::text, 'learner-' || :l0, 'course-000', 'c000-i' || :i0, 3::bigint, 1::bigint, 8000::bigint, 1795000000000::bigint, 1795000000000::bigint, 3.2::float8, 5.1::float8, 1795300000000::bigint, 0.9::float8, 0.8::float8, ''::text, 2, 0, 0.4::float8, '\x0a0178'::bytea, '\x0a0178'::bytea), (gen_random_uuid()::text, 'learner-' || :l1, 'course-000', 'c000-i' || :i1, 3::bigint, 1::bigint, 8000::bigint, 1795000000000::bigint, 1795000000000::bigint, 3.2::float8, 5.1::float8, 1795300000000::bigint, 0.9::float8, 0.8::float8, ''::text, 2, 0, 0.4::float8, '\x0a0178'::bytea, '\x0a0178'::bytea), (gen_random_uuid()::text, 'learner-' || :l2, 'course-000', 'c000-i' || :i2, 3::bigint, 1::bigint, 8000::bigint, 1795000000000::bigint, 1795000000000::bigint, 3.2::float8, 5.1::float8, 1795300000000::bigint, 0.9::float8, 0.8::float8, ''::text, 2, 0, 0.4::float8, '\x0a0178'::bytea, '\x0a0178'::bytea), (gen_random_uuid()::text, 'learner-' || :l3, 'course-000', 'c000-i' || :i3, 3::bigint, 1::bigint, 8000::bigint, 1795000000000::bigint, 1795000000000::bigint, 3.2::float8, 5.1::float8, 1795300000000::bigint, 0.9::float8, 0.8::float8, ''::text, 2, 0, 0.4::float8, '\x0a0178'::bytea, '\x0a0178'::bytea)),
+attempt AS (INSERT INTO attempts (attempt_id, learner_id, course_id, item_id, rating, correct, response_ms, answer_time, record_time, stability, difficulty, due_time, predicted_recall, predicted_success, mock_test_id)
+  SELECT attempt_id, learner_id, course_id, item_id, rating, correct, response_ms, answer_time, record_time, stability, difficulty, due_time, predicted_recall, predicted_success, mock_test_id FROM input ON CONFLICT (attempt_id) DO NOTHING RETURNING attempt_id),
+memory AS (INSERT INTO memory_states AS m (learner_id, item_id, course_id, stability, difficulty, last_review_time, due_time, last_rating, review_count, lapse_count, phase, step, knowledge)
+  SELECT DISTINCT ON (learner_id, item_id) learner_id, item_id, course_id, stability, difficulty, answer_time, due_time, rating, 1, 0, phase, step, knowledge FROM input JOIN attempt USING (attempt_id)
+  ON CONFLICT (learner_id, item_id) DO UPDATE SET stability = excluded.stability, difficulty = excluded.difficulty, last_review_time = excluded.last_review_time, due_time = excluded.due_time, last_rating = excluded.last_rating, review_count = m.review_count + 1, lapse_count = m.lapse_count + excluded.lapse_count, phase = excluded.phase, step = excluded.step, knowledge = excluded.knowledge)
+INSERT INTO outbox (attempt_id, consumer, event, create_time)
+SELECT i.attempt_id, c.consumer, CASE c.consumer WHEN 'scoring' THEN i.ev_s ELSE i.ev_u END, i.record_time FROM input i JOIN attempt USING (attempt_id), (VALUES ('scoring'), ('user')) AS c (consumer) RETURNING attempt_id, consumer, seq;
