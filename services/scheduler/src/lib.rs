@@ -115,7 +115,6 @@ pub async fn serve_with_shutdown(
     let caches = cache::SchedulerCaches::new(redis.clone());
     let attempts = submit_attempt::AttemptRecorder::new(
         store.clone(),
-        GroupCommit::new(store.clone(), GroupCommitConfig::default()),
         downstream.clone(),
         caches.clone(),
         scoring_outbox.clone(),

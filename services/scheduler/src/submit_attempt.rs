@@ -2,8 +2,9 @@
 //!
 //! Scoring evaluates what the answer does to the learner's memory of the item (a pure function,
 //! no write); the attempt, the new memory state and one outbox row per consumer are then one
-//! commit, the only durable write before the answer. Scoring's ability and difficulty models
-//! and the learner's progress follow from the outbox in batches.
+//! commit, the only durable write before the answer, shared with the answers submitted alongside
+//! (`group_commit.rs`). Scoring's ability and difficulty models and the learner's progress follow
+//! from the outbox in batches.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use prost::Message;
 use crate::cache::{SchedulerCaches, memory_key};
 use crate::downstream::{Downstreams, choice_count};
 use crate::error::SchedulerError;
-use crate::group_commit::GroupCommit;
+use crate::group_commit::{GroupCommit, GroupCommitConfig};
 use crate::outbox::{Consumer, Relay};
 use crate::phase::PhaseTimer;
 use crate::store::{AttemptRecord, AttemptRow, MemoryRow, SchedulerStore};
@@ -123,7 +124,6 @@ pub struct AttemptRecorder {
 impl AttemptRecorder {
     pub fn new(
         store: SchedulerStore,
-        records: GroupCommit,
         downstream: Downstreams,
         caches: SchedulerCaches,
         scoring: Relay,
@@ -134,6 +134,7 @@ impl AttemptRecorder {
             let reader = reader.clone();
             async move { reader.memory_states_of(&pairs).await.map_err(Arc::new) }
         });
+        let records = GroupCommit::new(store.clone(), GroupCommitConfig::default());
         Self { store, priors, records, downstream, caches, scoring, user }
     }
 
