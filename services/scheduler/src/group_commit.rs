@@ -8,13 +8,14 @@
 //! per batch instead of once per attempt: pgbench with 8 clients ran the one-row statement at
 //! 7,142/s and the four-row one at 4,311/s, i.e. 17,246 attempts/s (docs/performance.md).
 //!
-//! A caller is answered only after its batch committed, so an acknowledged attempt is durable;
-//! a batch that failed is written again record by record, so one bad record fails alone.
+//! A caller is answered only after its batch committed, so an acknowledged attempt is durable.
+//! A batch the database refused is written again record by record, so one bad record fails
+//! alone; when the database was down or too slow, every record of the batch gets that at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use alp_runtime::StoreError;
+use alp_runtime::{ErrorKind, ServiceError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::error::SchedulerError;
@@ -39,7 +40,7 @@ impl Default for GroupCommitConfig {
 
 /// The sequence numbers of a record's outbox rows, in its order; None when its attempt id was
 /// recorded before.
-type Written = Result<Option<Vec<i64>>, StoreError>;
+type Written = Result<Option<Vec<i64>>, SchedulerError>;
 
 struct Waiting {
     record: AttemptRecord,
@@ -79,7 +80,7 @@ impl GroupCommit {
         let stopped = || SchedulerError::Unavailable("the attempt writer has stopped".to_owned());
         let (reply, answer) = oneshot::channel();
         self.queue.send(Waiting { record, reply }).await.map_err(|_| stopped())?;
-        Ok(answer.await.map_err(|_| stopped())??)
+        answer.await.map_err(|_| stopped())?
     }
 
     /// (batches, records) written so far.
@@ -127,12 +128,20 @@ async fn gather(
 async fn write(store: &SchedulerStore, records: &[AttemptRecord]) -> Vec<Written> {
     match store.record_many(records).await {
         Ok(written) => written.into_iter().map(Ok).collect(),
-        Err(error) if records.len() == 1 => vec![Err(error)],
+        // The database is down or slow, not a record bad: every record gets the error at once,
+        // rather than a timeout each, one after another, while the next batches wait.
+        Err(error)
+            if records.len() == 1 || matches!(error.kind(), ErrorKind::Unavailable | ErrorKind::DeadlineExceeded) =>
+        {
+            let shared = error.to_string();
+            let others = (1..records.len()).map(|_| Err(SchedulerError::Unavailable(shared.clone())));
+            std::iter::once(Err(error.into())).chain(others).collect()
+        }
         Err(error) => {
             tracing::warn!(%error, records = records.len(), "a batch of attempts failed; writing them one by one");
             let mut written = Vec::with_capacity(records.len());
             for record in records {
-                written.push(store.record(record).await);
+                written.push(store.record(record).await.map_err(SchedulerError::from));
             }
             written
         }
