@@ -23,17 +23,20 @@ use alp_proto::user::v1::{
 use alp_runtime::cache::{Cache, CacheCounts};
 use alp_runtime::redis::{Redis, RedisConfig};
 use alp_runtime::testing::{RedisCluster, eventually};
+use alp_scheduler::cache::{CachedMemoryStates, MEMORY_CACHE, memory_key};
 use common::{cache_counts, channel};
 
 fn item_counts(handle: &metrics_exporter_prometheus::PrometheusHandle) -> (u64, u64, u64) {
     cache_counts(handle, "items")
 }
 
-/// NextItems twice: the learner's memory states come from Redis the second time; an attempt
-/// is visible to the very next NextItems; a retried attempt is answered from the cache.
+/// NextItems again and again: the learner's memory states and model come from the replicas'
+/// own copies after the first time; an attempt is visible to the very next NextItems; a retried
+/// attempt is answered from the cache.
 async fn scheduler_reads_memory_from_the_cache(
     running: &common::Running,
     handle: &metrics_exporter_prometheus::PrometheusHandle,
+    redis: &RedisConfig,
 ) {
     let a = running.addresses;
     let mut content = ContentServiceClient::new(channel(a.content));
@@ -56,7 +59,7 @@ async fn scheduler_reads_memory_from_the_cache(
         scheduler.next_items(next()).await.unwrap();
     }
     let repeated = cache_counts(handle, "memory");
-    assert_eq!(repeated.1, first.1 + 3, "repeats come from Redis");
+    assert_eq!(repeated.0, first.0 + 3, "repeats come from the scheduler's own copy");
     assert_eq!(repeated.2, first.2, "and do not query the database");
 
     // Around it, the learner's profile comes from the user service's cache.
@@ -66,7 +69,7 @@ async fn scheduler_reads_memory_from_the_cache(
     assert_eq!(cache_counts(handle, "learners").2, learners.2);
     let models = cache_counts(handle, "learner_models");
     scheduler.next_items(next()).await.unwrap();
-    assert_eq!(cache_counts(handle, "learner_models").1, models.1 + 1, "the learner's model from Redis");
+    assert_eq!(cache_counts(handle, "learner_models").0, models.0 + 1, "the learner's model from scoring's copy");
     let renamed = Learner { learner_id: "cacher".into(), display_name: "Renamed".into(), ..Default::default() };
     let mask = prost_types::FieldMask { paths: vec!["display_name".into()] };
     user.update_learner(UpdateLearnerRequest { learner: Some(renamed), update_mask: Some(mask) }).await.unwrap();
@@ -80,11 +83,24 @@ async fn scheduler_reads_memory_from_the_cache(
         outcome: Some(Outcome::Correct(true)),
         ..Default::default()
     };
+    // Another scheduler replica's copy of the states, read from Redis, is dropped by the attempt.
+    let replica: Cache<CachedMemoryStates> =
+        Cache::coherent(MEMORY_CACHE, Some(Redis::connect(redis, alp_scheduler::REDIS_PREFIX).unwrap()));
+    let key = memory_key("cacher", "cache");
+    eventually("the other replica's copy", || async { replica.get(&key).await.is_some() }).await;
+    assert!(replica.get(&key).await.is_some_and(|states| states.rows.is_empty()));
+    assert!(replica.counts().l1_hits > 0, "held in its L1");
+
     assert!(!scheduler.submit_attempt(submit.clone()).await.unwrap().into_inner().duplicate);
+    eventually("the other replica dropping its copy", || async {
+        replica.get(&key).await.is_none_or(|states| states.rows.iter().any(|r| r.item_id == "cached-1"))
+    })
+    .await;
+    let misses = cache_counts(handle, "memory").2;
     let listed = scheduler.next_items(next()).await.unwrap().into_inner();
     let answered = listed.items.iter().find(|i| i.item_id == "cached-1").expect("the answered item is offered");
     assert_ne!(answered.reason, Reason::New as i32, "the attempt is seen at once: {answered:?}");
-    assert_eq!(cache_counts(handle, "memory").2, repeated.2 + 1, "the attempt dropped the cached states");
+    assert_eq!(cache_counts(handle, "memory").2, misses + 1, "the attempt dropped the cached states");
 
     // A retry is found by the log's attempt id, and the learner's model came back to the cache
     // with the batch that applied the attempt.
@@ -92,8 +108,11 @@ async fn scheduler_reads_memory_from_the_cache(
     let retried = scheduler.submit_attempt(submit).await.unwrap().into_inner();
     assert!(retried.duplicate);
     assert_eq!(retried.attempt.unwrap().attempt_id, "cacher-1");
-    assert_eq!(cache_counts(handle, "learner_models").1, models.1 + 1, "evaluated from the model in Redis");
-    assert_eq!(cache_counts(handle, "learner_models").2, models.2, "without a miss");
+    // Written through by the batch: from scoring's copy, or from Redis once the batch's own
+    // announcement has dropped that.
+    let after = cache_counts(handle, "learner_models");
+    assert_eq!(after.0 + after.1, models.0 + models.1 + 1, "evaluated from the cached model");
+    assert_eq!(after.2, models.2, "without a miss");
 }
 
 /// The scheduler keeps a copy of each profile it reads and follows the user service's changes:
@@ -306,7 +325,7 @@ async fn the_suite_reads_through_the_cache_and_never_serves_a_stale_copy() {
     let counts: CacheCounts = replica.counts();
     assert_eq!(counts.errors, 0, "{counts:?}");
 
-    scheduler_reads_memory_from_the_cache(&running, &handle).await;
+    scheduler_reads_memory_from_the_cache(&running, &handle, &redis).await;
     scheduler_follows_profile_changes(&running).await;
     scheduler_follows_catalogue_changes(&running).await;
 

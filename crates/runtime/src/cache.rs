@@ -74,10 +74,19 @@ struct Inner<V> {
     pending: Mutex<HashSet<String>>,
     pending_count: AtomicUsize,
     retrying: AtomicBool,
-    /// Keys invalidated once, with when, waiting for their second pass; and whether a task is
-    /// sending those.
-    second_pass: Mutex<VecDeque<(tokio::time::Instant, String)>>,
+    /// Keys invalidated or replaced once, with when and which, waiting for their second pass;
+    /// and whether a task is sending those.
+    second_pass: Mutex<VecDeque<(tokio::time::Instant, String, Change)>>,
     second_pass_running: AtomicBool,
+}
+
+/// What a write did to a key, so its second pass repeats it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Dropped everywhere: Redis and every replica's L1.
+    Invalidated,
+    /// Written through to Redis: other replicas' L1 copies are dropped, Redis keeps the value.
+    Replaced,
 }
 
 /// A cache of `V` by string key; cheap to clone.
@@ -121,6 +130,15 @@ where
             cache.listen(redis.clone(), redis.prefix(), cache.inner.settings.name);
         }
         cache
+    }
+
+    /// A cache of values any replica may change: the L1 only where Redis carries the
+    /// announcements that keep the replicas' copies coherent. Without Redis another replica's
+    /// write could not reach this one's L1, so there is none, and every read goes to the
+    /// database.
+    pub fn coherent(settings: CacheSettings, redis: Option<Redis>) -> Self {
+        let settings = if redis.is_some() { settings } else { CacheSettings { l1_capacity: 0, ..settings } };
+        Self::new(settings, redis)
     }
 
     /// An in-process copy of values another service owns and caches as `owner_cache`: L1
@@ -227,6 +245,23 @@ where
 
     /// Stores values read from the database in both levels.
     pub async fn put_many(&self, entries: &[(String, V)]) {
+        self.store(entries).await;
+    }
+
+    /// Writes values through after the database changed them: both levels here, and every other
+    /// replica drops its L1 copy (now, and again a second later, like [`Cache::invalidate`], so a
+    /// copy read from Redis just before the write and kept just after goes too). Redis keeps the
+    /// value, so their next read finds it there.
+    pub async fn replace_many(&self, entries: &[(String, V)]) {
+        let keys = self.store(entries).await;
+        if self.inner.settings.l1_capacity > 0 {
+            self.announce(&keys).await;
+            self.schedule_second_pass(&keys, Change::Replaced);
+        }
+    }
+
+    /// Both levels, but for keys whose deletion from Redis is still pending; the keys stored.
+    async fn store(&self, entries: &[(String, V)]) -> Vec<String> {
         let keys: Vec<String> = entries.iter().map(|(k, _)| k.clone()).collect();
         let pending = self.pending_mask(&keys);
         let entries: Vec<&(String, V)> = entries.iter().zip(&pending).filter(|(_, p)| !**p).map(|(e, _)| e).collect();
@@ -235,7 +270,8 @@ where
                 self.inner.l1.insert(key.clone(), value.clone());
             }
         }
-        let Some(redis) = &self.inner.redis else { return };
+        let stored = entries.iter().map(|(key, _)| key.clone()).collect();
+        let Some(redis) = &self.inner.redis else { return stored };
         let name = self.inner.settings.name;
         let ttl = i64::try_from(self.inner.settings.l2_ttl.as_millis()).unwrap_or(i64::MAX).max(1);
         let writes = entries.iter().map(|(key, value)| {
@@ -248,6 +284,7 @@ where
                 self.error("set", &err);
             }
         }
+        stored
     }
 
     pub async fn put(&self, key: &str, value: V) {
@@ -260,16 +297,19 @@ where
     /// just after is dropped too.
     pub async fn invalidate(&self, keys: &[String]) {
         self.invalidate_now(keys).await;
-        self.schedule_second_pass(keys);
+        self.schedule_second_pass(keys, Change::Invalidated);
     }
 
-    fn schedule_second_pass(&self, keys: &[String]) {
+    fn schedule_second_pass(&self, keys: &[String], change: Change) {
+        if keys.is_empty() {
+            return;
+        }
         let now = tokio::time::Instant::now();
         self.inner
             .second_pass
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .extend(keys.iter().map(|k| (now, k.clone())));
+            .extend(keys.iter().map(|k| (now, k.clone(), change)));
         if self.inner.second_pass_running.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -277,19 +317,26 @@ where
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(SECOND_PASS_EVERY).await;
-                let due: Vec<String> = {
+                let (invalidated, replaced) = {
                     let now = tokio::time::Instant::now();
                     let mut queue = cache.inner.second_pass.lock().unwrap_or_else(PoisonError::into_inner);
-                    let mut due = HashSet::new();
-                    while queue.front().is_some_and(|(at, _)| *at + REINVALIDATE_AFTER <= now) {
-                        if let Some((_, key)) = queue.pop_front() {
-                            due.insert(key);
-                        }
+                    let (mut invalidated, mut replaced) = (HashSet::new(), HashSet::new());
+                    while queue.front().is_some_and(|(at, _, _)| *at + REINVALIDATE_AFTER <= now) {
+                        match queue.pop_front() {
+                            Some((_, key, Change::Invalidated)) => invalidated.insert(key),
+                            Some((_, key, Change::Replaced)) => replaced.insert(key),
+                            None => false,
+                        };
                     }
-                    due.into_iter().collect()
+                    // A key invalidated after it was replaced is invalidated.
+                    replaced.retain(|key| !invalidated.contains(key));
+                    (invalidated.into_iter().collect::<Vec<_>>(), replaced.into_iter().collect::<Vec<_>>())
                 };
-                if !due.is_empty() {
-                    cache.invalidate_now(&due).await;
+                if !invalidated.is_empty() {
+                    cache.invalidate_now(&invalidated).await;
+                }
+                if !replaced.is_empty() {
+                    cache.announce(&replaced).await;
                 }
                 let queue = cache.inner.second_pass.lock().unwrap_or_else(PoisonError::into_inner);
                 if queue.is_empty() {
@@ -329,12 +376,18 @@ where
             }
         }
         // Without an L1 no replica holds a copy to drop.
-        if self.inner.settings.l1_capacity > 0
-            && let Err(err) = announce::announce(redis, name, keys).await
-        {
-            self.error("publish", &err);
+        if self.inner.settings.l1_capacity > 0 {
+            self.announce(keys).await;
         }
         failed
+    }
+
+    /// Tells every replica (this one too) to drop its L1 copies of `keys`.
+    async fn announce(&self, keys: &[String]) {
+        let Some(redis) = &self.inner.redis else { return };
+        if let Err(err) = announce::announce(redis, self.inner.settings.name, keys).await {
+            self.error("publish", &err);
+        }
     }
 
     /// Keeps failed deletions for a retry task, reading around them meanwhile.

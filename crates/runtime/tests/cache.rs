@@ -68,6 +68,35 @@ async fn replicas_share_values_and_every_replica_drops_an_invalidated_key() {
     assert_eq!(local.counts(), CacheCounts { l1_hits: 1, l2_hits: 0, misses: 1, errors: 0 });
 }
 
+/// A value written through reaches the other replicas: they drop their L1 copies and read the
+/// new one from Redis, which keeps it. Without Redis a coherent cache keeps nothing in process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_value_reaches_every_replica_through_redis() {
+    let Some(cluster) = RedisCluster::start().await else { return };
+    let a: Cache<Timestamp> = Cache::coherent(settings(), Some(connected(&cluster, "alp:test").await));
+    let b: Cache<Timestamp> = Cache::coherent(settings(), Some(connected(&cluster, "alp:test").await));
+    a.put("k1", value(1)).await;
+    a.put("k2", value(2)).await;
+    assert_eq!(b.get("k1").await, Some(value(1)));
+    assert_eq!(b.get("k2").await, Some(value(2)));
+    assert_eq!(b.get("k1").await, Some(value(1)));
+    assert_eq!(b.counts().l1_hits, 1, "b holds its own copies");
+
+    a.replace_many(&[("k1".to_owned(), value(10))]).await;
+    assert_eq!(a.get("k1").await, Some(value(10)));
+    eventually("b reading the replaced value", || async { b.get("k1").await == Some(value(10)) }).await;
+    assert_eq!(b.get("k2").await, Some(value(2)), "only k1 changed");
+    let fresh: Cache<Timestamp> = Cache::coherent(settings(), Some(connected(&cluster, "alp:test").await));
+    assert_eq!(fresh.get("k1").await, Some(value(10)), "Redis holds the new value");
+    assert_eq!(fresh.counts().l2_hits, 1);
+
+    let alone: Cache<Timestamp> = Cache::coherent(settings(), None);
+    alone.put("k1", value(1)).await;
+    assert_eq!(alone.get("k1").await, None, "nothing cached without the announcements");
+    alone.replace_many(&[("k1".to_owned(), value(2))]).await;
+    assert_eq!(alone.get("k1").await, None);
+}
+
 /// Another service's mirror follows the owner's announcements, and a replica whose subscriber
 /// was cut off (so it may have missed some) forgets its L1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,15 @@
 //! The scheduler's caches: each learner's memory states in a course (read by every NextItems),
 //! and copies of the items SubmitAttempt answers about.
 //!
-//! Memory states change with every answer and a learner may be served by any replica, so they
-//! skip the in-process level: a stale copy on another replica would offer the item just
-//! answered. They live in Redis alone, dropped by SubmitAttempt before it answers. A retried
-//! attempt is found by the log's unique attempt id, which every new attempt's insert checks
-//! anyway, so attempts are not cached.
+//! Memory states change with every answer and a learner may be served by any replica. Every
+//! NextItems reads them, and two Redis reads per NextItems (these and scoring's learner model)
+//! cost about as much CPU as the rest of the call. So each replica keeps copies in process too,
+//! and SubmitAttempt, before it answers, drops the learner's copy here and in Redis and
+//! announces it; the other replicas drop theirs on receipt (see `alp_runtime::cache`). The
+//! replica that recorded an answer never ranks without it; another one may, for the moment the
+//! announcement takes. Without Redis nothing would carry the announcement, so nothing is cached.
+//! A retried attempt is found by the log's unique attempt id, which every new attempt's insert
+//! checks anyway, so attempts are not cached.
 
 use std::time::Duration;
 
@@ -25,8 +29,14 @@ pub const ITEM_COPIES: CacheSettings = CacheSettings {
 };
 pub const UNFOLLOWED_ITEM_COPIES: CacheSettings = CacheSettings { l1_ttl: Duration::from_secs(15), ..ITEM_COPIES };
 
-pub const MEMORY_CACHE: CacheSettings =
-    CacheSettings { name: "memory", l1_capacity: 0, l1_ttl: Duration::ZERO, l2_ttl: Duration::from_secs(600) };
+/// Keyed by learner and course. The L1 TTL bounds what a lost announcement (without a
+/// disconnection, which clears the L1) leaves stale, as for the profile copies.
+pub const MEMORY_CACHE: CacheSettings = CacheSettings {
+    name: "memory",
+    l1_capacity: 200_000,
+    l1_ttl: Duration::from_secs(600),
+    l2_ttl: Duration::from_secs(600),
+};
 
 /// The cached form of a learner's memory states in one course.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -108,7 +118,7 @@ pub struct SchedulerCaches {
 
 impl SchedulerCaches {
     pub fn new(redis: Option<Redis>) -> Self {
-        Self { memory: Cache::new(MEMORY_CACHE, redis) }
+        Self { memory: Cache::coherent(MEMORY_CACHE, redis) }
     }
 }
 

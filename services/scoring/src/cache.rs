@@ -1,11 +1,13 @@
 //! Scoring's cache of each learner's state (abilities, practice target, fitted parameters; read
 //! by every ranking). Item difficulties are held whole in process (`calibration.rs`).
 //!
-//! A learner's state changes with their answers and may be read on any replica, so it lives in
-//! Redis alone: each batch of applied attempts writes the states of
-//! its learners as it left them (read and written under the batch lock), and each fit drops it.
-//! Two replicas' batches for one learner a few milliseconds apart can write their states out of
-//! order; the learner's next batch puts the right one back.
+//! A learner's state changes with their answers and may be read on any replica. Each batch of
+//! applied attempts writes the states of its learners through as it left them (read and written
+//! under the batch lock): into this replica's copies and Redis, and the other replicas drop
+//! their copies as it announces them. Each fit drops the state everywhere. Two replicas'
+//! batches for one learner a few milliseconds apart can write their states out of order; the
+//! learner's next batch puts the right one back. Without Redis nothing would carry the
+//! announcements, so nothing is cached.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,8 +18,14 @@ use alp_runtime::redis::Redis;
 use crate::error::ScoringError;
 use crate::store::{Estimate, LearnerModels, PracticeTarget, ScoringStore, StoredFit};
 
-pub const LEARNER_CACHE: CacheSettings =
-    CacheSettings { name: "learner_models", l1_capacity: 0, l1_ttl: Duration::ZERO, l2_ttl: Duration::from_secs(600) };
+/// The L1 TTL bounds what a lost announcement (without a disconnection, which clears the L1)
+/// leaves stale.
+pub const LEARNER_CACHE: CacheSettings = CacheSettings {
+    name: "learner_models",
+    l1_capacity: 100_000,
+    l1_ttl: Duration::from_secs(600),
+    l2_ttl: Duration::from_secs(600),
+};
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct CachedLearner {
@@ -138,7 +146,7 @@ pub struct ScoringCaches {
 
 impl ScoringCaches {
     pub fn new(redis: Option<Redis>) -> Self {
-        Self { learners: Cache::new(LEARNER_CACHE, redis) }
+        Self { learners: Cache::coherent(LEARNER_CACHE, redis) }
     }
 
     /// The learner's state as of their last applied attempt.
@@ -167,6 +175,6 @@ impl ScoringCaches {
                 (l.learner_id.clone(), CachedLearner::from(&state))
             })
             .collect();
-        self.learners.put_many(&entries).await;
+        self.learners.replace_many(&entries).await;
     }
 }
