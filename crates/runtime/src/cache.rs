@@ -254,7 +254,8 @@ where
     /// value, so their next read finds it there.
     pub async fn replace_many(&self, entries: &[(String, V)]) {
         let keys = self.store(entries).await;
-        if self.inner.settings.l1_capacity > 0 {
+        // Without Redis there is no other replica to tell.
+        if self.inner.settings.l1_capacity > 0 && self.inner.redis.is_some() {
             self.announce(&keys).await;
             self.schedule_second_pass(&keys, Change::Replaced);
         }
