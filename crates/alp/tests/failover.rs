@@ -18,8 +18,10 @@ use alp_proto::scheduler::v1::submit_attempt_request::Outcome;
 use alp_proto::scheduler::v1::{ExportAttemptsRequest, NextItemsRequest, SubmitAttemptRequest};
 use alp_proto::user::v1::user_service_client::UserServiceClient;
 use alp_proto::user::v1::{CreateLearnerRequest, EnrolLearnerRequest, Learner};
-use alp_runtime::redis::RedisConfig;
+use alp_runtime::cache::Cache;
+use alp_runtime::redis::{Redis, RedisConfig};
 use alp_runtime::testing::RedisCluster;
+use alp_scheduler::cache::{CachedMemoryStates, MEMORY_CACHE, memory_key};
 use common::{cache_counts, channel};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -143,7 +145,7 @@ async fn a_primary_dies_under_load_and_no_attempt_is_lost_or_doubled() {
     let metrics = alp_runtime::metrics::install().expect("a metrics recorder");
     let Some(mut cluster) = RedisCluster::start().await else { return };
     let redis = RedisConfig::for_nodes(&cluster.seeds()).unwrap();
-    let settings = Settings { server: common::test_server_config(), redis: Some(redis), ..Settings::default() };
+    let settings = Settings { server: common::test_server_config(), redis: Some(redis.clone()), ..Settings::default() };
     let running = match alp_runtime::testing::postgres_admin_url() {
         Some(url) => common::start_with(common::postgres_databases(&url).await, None, settings).await,
         None => {
@@ -199,27 +201,30 @@ async fn a_primary_dies_under_load_and_no_attempt_is_lost_or_doubled() {
     std::fs::write(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("failover-report.txt"), &report).unwrap();
     assert_eq!(tally.gave_up, 0, "every call succeeded within its retries");
 
-    // Back on the cache by itself: a repeated NextItems is answered from Redis again.
+    // Back on the cache by itself. Another replica's invalidation (through Redis) drops the
+    // scheduler's copy of steady-0's states; its next NextItems reads the database and writes
+    // the states to Redis, where that replica finds them, and the one after is a cache hit.
     let mut client = SchedulerServiceClient::new(channel(running.addresses.scheduler));
-    let mut from_redis = 0;
+    let replica: Cache<CachedMemoryStates> =
+        Cache::coherent(MEMORY_CACHE, Some(Redis::connect(&redis, alp_scheduler::REDIS_PREFIX).unwrap()));
+    let key = memory_key("steady-0", COURSE);
+    let next =
+        || NextItemsRequest { learner_id: "steady-0".into(), course_id: COURSE.into(), count: 1, ..Default::default() };
+    let mut written = false;
     for _ in 0..100 {
-        let before = cache_counts(&metrics, "memory").1;
-        for _ in 0..2 {
-            let request = NextItemsRequest {
-                learner_id: "steady-0".into(),
-                course_id: COURSE.into(),
-                count: 1,
-                ..Default::default()
-            };
-            client.next_items(request).await.unwrap();
-        }
-        from_redis = cache_counts(&metrics, "memory").1 - before;
-        if from_redis > 0 {
+        replica.invalidate(std::slice::from_ref(&key)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        client.next_items(next()).await.unwrap();
+        if replica.get(&key).await.is_some() {
+            written = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(from_redis > 0, "the cache never served again after the failover");
+    assert!(written, "the scheduler never wrote to Redis again after the failover");
+    let (l1, l2, _) = cache_counts(&metrics, "memory");
+    client.next_items(next()).await.unwrap();
+    let (l1_after, l2_after, _) = cache_counts(&metrics, "memory");
+    assert!(l1_after + l2_after > l1 + l2, "the cache serves again");
     assert!(during > 20, "the suite kept answering through the failover: {during} calls");
 
     // Every acknowledged attempt is in the log exactly once, and nothing else is.
