@@ -329,7 +329,8 @@ where
                             None => false,
                         };
                     }
-                    // A key invalidated after it was replaced is invalidated.
+                    // A key both invalidated and replaced in the window is invalidated: deleting
+                    // it from Redis as well covers both.
                     replaced.retain(|key| !invalidated.contains(key));
                     (invalidated.into_iter().collect::<Vec<_>>(), replaced.into_iter().collect::<Vec<_>>())
                 };
