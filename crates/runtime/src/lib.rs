@@ -8,6 +8,7 @@ pub mod batch;
 pub mod breaker;
 pub mod cache;
 pub mod client;
+pub mod coalesce;
 pub mod db;
 pub mod deadline;
 pub mod error;

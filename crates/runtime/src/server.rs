@@ -18,6 +18,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::{HealthReporter, HealthService};
 
+use crate::coalesce::CoalescingStream;
 use crate::db::Database;
 use crate::deadline::AdmissionLayer;
 use crate::metrics::RpcMetricsLayer;
@@ -314,15 +315,15 @@ impl Health for ClosingHealth {
     }
 }
 
-/// Accepted connections with Nagle's algorithm off. tonic's `tcp_nodelay` applies only to
-/// listeners it binds itself; without this, a response written in two segments waits for the
-/// peer's delayed ACK (40 ms on Linux). Public for servers built outside [`run`] (the benchmark's
-/// reference server).
-pub fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+/// Accepted connections with Nagle's algorithm off, each answer sent in one write
+/// ([`CoalescingStream`]). tonic's `tcp_nodelay` applies only to listeners it binds itself;
+/// without it, a response written in two segments waits for the peer's delayed ACK (40 ms on
+/// Linux). Public for servers built outside [`run`] (the benchmark's reference server).
+pub fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<CoalescingStream<tokio::net::TcpStream>>> {
     TcpListenerStream::new(listener).map(|accepted| {
         let stream = accepted?;
         stream.set_nodelay(true)?;
-        Ok(stream)
+        Ok(CoalescingStream::server(stream))
     })
 }
 

@@ -1,23 +1,24 @@
-//! The generator's own unary gRPC client, straight on HTTP/2 (the `h2` crate). tonic's channel
-//! passes each call through a buffer task, hyper's dispatch task and a body task before h2
-//! sees it; at thousands of calls per second those hand-offs and their wake-ups cost the
-//! generator more CPU than the bare server it measures. Here the calling task puts the request
-//! into the connection itself, so the requests of one wake-up leave in one write. Answers are
-//! decoded and checked as before; a connection that fails is dialled again by the next call.
+//! The generator's unary gRPC client, straight on HTTP/2 over the connection the services call
+//! each other on (`alp_runtime::client::Connection`). tonic's channel passes each call through a
+//! buffer task, hyper's dispatch task and a body task before h2 sees it; at thousands of calls
+//! per second those hand-offs and their wake-ups cost the generator more CPU than the bare
+//! server it measures. Here the calling task puts the request into the connection itself, so
+//! the requests of one wake-up leave in one write. Answers are decoded and checked here.
 
+use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::Duration;
 
+use alp_runtime::client::Connection;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use h2::client::SendRequest;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Uri};
 use prost::Message;
-use tokio::net::TcpStream;
-use tokio::sync::Mutex;
 use tonic::{Code, Status};
 
 use crate::target::TargetArgs;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One connection to each public service of the suite under load.
 #[derive(Debug, Clone)]
@@ -41,58 +42,30 @@ impl LoadClients {
     }
 }
 
-/// One HTTP/2 connection to one server, dialled on first use and after a failure.
+/// One HTTP/2 connection to one server, the suite's own ([`Connection`]): dialled on first use
+/// and after a failure.
 #[derive(Debug)]
 pub struct GrpcConnection {
-    address: String,
-    authority: Authority,
-    send: Mutex<Option<SendRequest<Bytes>>>,
+    connection: Connection,
 }
 
 impl GrpcConnection {
     /// # Errors
-    /// When `address` is not `host:port`.
+    /// When `address` is not `host:port` or the host does not resolve.
     pub fn new(address: &str) -> anyhow::Result<Self> {
-        let authority = address.parse::<Authority>().map_err(|e| anyhow::anyhow!("address {address:?}: {e}"))?;
-        Ok(Self { address: address.to_owned(), authority, send: Mutex::new(None) })
-    }
-
-    async fn sender(&self) -> Result<SendRequest<Bytes>, Status> {
-        let mut slot = self.send.lock().await;
-        if let Some(send) = slot.as_ref() {
-            return Ok(send.clone());
-        }
-        let unavailable = |what: &str, error: &dyn std::fmt::Display| {
-            Status::unavailable(format!("{what} {}: {error}", self.address))
-        };
-        let tcp = TcpStream::connect(&self.address).await.map_err(|e| unavailable("cannot connect to", &e))?;
-        tcp.set_nodelay(true).map_err(|e| unavailable("cannot set TCP_NODELAY on", &e))?;
-        let (send, connection) = h2::client::Builder::new()
-            .initial_window_size(1 << 20)
-            .initial_connection_window_size(1 << 24)
-            .handshake::<_, Bytes>(tcp)
-            .await
-            .map_err(|e| unavailable("HTTP/2 handshake failed with", &e))?;
-        let address = self.address.clone();
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%address, %error, "load connection closed");
-            }
-        });
-        *slot = Some(send.clone());
-        Ok(send)
-    }
-
-    /// Forgets a connection that failed, so the next call dials again.
-    async fn drop_connection(&self) {
-        *self.send.lock().await = None;
+        let resolved = address
+            .to_socket_addrs()
+            .map_err(|e| anyhow::anyhow!("address {address:?}: {e}"))?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("address {address:?} resolves to nothing"))?;
+        Ok(Self { connection: Connection::new(resolved, CONNECT_TIMEOUT) })
     }
 
     /// Calls `path` with `request` and decodes the answer, within `timeout`.
     ///
     /// # Errors
-    /// The server's status, DEADLINE_EXCEEDED after `timeout`, or UNAVAILABLE/UNKNOWN for
-    /// transport failures.
+    /// The server's status, DEADLINE_EXCEEDED after `timeout`, or UNAVAILABLE for transport
+    /// failures.
     pub async fn unary<Req: Message, Resp: Message + Default>(
         &self,
         path: &'static str,
@@ -111,21 +84,11 @@ impl GrpcConnection {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, Status> {
-        let transport = |error: h2::Error| {
-            let code = if error.is_io() || error.is_go_away() { Code::Unavailable } else { Code::Unknown };
-            Status::new(code, format!("transport error: {error}"))
-        };
-        let mut send = self.sender().await?;
-        send = match send.ready().await {
-            Ok(send) => send,
-            Err(error) => {
-                self.drop_connection().await;
-                return Err(transport(error));
-            }
-        };
+        let connection = &self.connection;
+        let (dial, mut send) = connection.ready().await?;
         let uri = Uri::builder()
             .scheme(Scheme::HTTP)
-            .authority(self.authority.clone())
+            .authority(connection.authority().clone())
             .path_and_query(PathAndQuery::from_static(path))
             .build()
             .map_err(|e| Status::internal(format!("request URI: {e}")))?;
@@ -137,16 +100,11 @@ impl GrpcConnection {
         if let Ok(value) = HeaderValue::from_str(&format!("{}m", timeout.as_millis().max(1))) {
             headers.insert("grpc-timeout", value);
         }
-        let (answer, mut body) = match send.send_request(head, false) {
-            Ok(sent) => sent,
-            Err(error) => {
-                self.drop_connection().await;
-                return Err(transport(error));
-            }
-        };
-        body.send_data(frame(request), true).map_err(transport)?;
+        let failed = |error: h2::Error| connection.failed(dial, &error);
+        let (answer, mut body) = send.send_request(head, false).map_err(failed)?;
+        body.send_data(frame(request), true).map_err(failed)?;
 
-        let answer = answer.await.map_err(transport)?;
+        let answer = answer.await.map_err(failed)?;
         if answer.status() != http::StatusCode::OK {
             return Err(Status::unknown(format!("HTTP status {}", answer.status())));
         }
@@ -161,11 +119,11 @@ impl GrpcConnection {
         let mut stream = answer.into_body();
         let mut message = BytesMut::new();
         while let Some(chunk) = stream.data().await {
-            let chunk = chunk.map_err(transport)?;
+            let chunk = chunk.map_err(failed)?;
             let _ = stream.flow_control().release_capacity(chunk.len());
             message.extend_from_slice(&chunk);
         }
-        let trailers = stream.trailers().await.map_err(transport)?.unwrap_or_default();
+        let trailers = stream.trailers().await.map_err(failed)?.unwrap_or_default();
         match Status::from_header_map(&trailers) {
             Some(status) if status.code() == Code::Ok => unframe(message.freeze()),
             Some(status) => Err(status),

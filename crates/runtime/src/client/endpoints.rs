@@ -30,6 +30,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::AddressError;
+use super::connection::Connection;
+use super::transport::Transport;
 
 const WATCH_RETRY_MIN: Duration = Duration::from_millis(50);
 const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
@@ -70,7 +72,10 @@ impl EndpointHealth {
 #[derive(Debug)]
 struct Replica {
     address: SocketAddr,
+    /// Carries the health watch.
     channel: Channel,
+    /// Carries the calls.
+    connection: Arc<Connection>,
     health: AtomicU8,
     in_flight: AtomicUsize,
     /// Stops the health watch when the replica leaves the set.
@@ -113,8 +118,8 @@ pub struct Picked {
 }
 
 impl Picked {
-    pub fn channel(&self) -> Channel {
-        self.replica.channel.clone()
+    pub fn transport(&self) -> Transport {
+        Transport::new(Arc::clone(&self.replica.connection))
     }
 }
 
@@ -284,6 +289,7 @@ impl Endpoints {
         Some(Arc::new(Replica {
             address,
             channel,
+            connection: Arc::new(Connection::new(address, self.shared.connect_timeout)),
             health: AtomicU8::new(EndpointHealth::Unknown as u8),
             in_flight: AtomicUsize::new(0),
             stop: self.shared.stop.child_token(),

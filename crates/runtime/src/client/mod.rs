@@ -7,12 +7,14 @@
 //!
 //! ```text
 //! deadline (the caller's remaining budget, less a reserve) → retry (idempotent methods only,
-//! jittered backoff, budget) → circuit breaker → p2c over healthy endpoints → tonic
+//! jittered backoff, budget) → circuit breaker → p2c over healthy endpoints → the generated
+//! client on the replica's HTTP/2 connection (`connection.rs`)
 //! ```
 //!
 //! Nothing sits on the raw HTTP channel: every layer sees gRPC codes.
 
 mod config;
+mod connection;
 mod endpoints;
 mod retry;
 mod rpc;
@@ -28,6 +30,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 pub use config::{ClientArgs, DownstreamConfig};
+pub use connection::Connection;
 pub use endpoints::{EndpointHealth, Endpoints};
 pub use retry::{RetryConfig, Retrying};
 pub use rpc::{Downstream, Method, Rpc, SendFn, deadline_for};

@@ -336,8 +336,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Service<Call<Req>> for Unary<Req
             }
             let mut request = tonic::Request::new(call.message);
             request.set_timeout(call.deadline - now);
-            let answered =
-                tokio::time::timeout_at(call.deadline, send(Transport::new(picked.channel()), request)).await;
+            let answered = tokio::time::timeout_at(call.deadline, send(picked.transport(), request)).await;
             drop(picked);
             match answered {
                 Ok(Ok(response)) => Ok(response.into_inner()),
@@ -345,24 +344,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Service<Call<Req>> for Unary<Req
                 Ok(Err(status)) if status.code() == tonic::Code::Cancelled && Instant::now() >= call.deadline => {
                     Err(CallError::DeadlineExceeded { downstream: name, method })
                 }
-                Ok(Err(status)) => Err(CallError::Status { downstream: name, method, status: lost_connection(status) }),
+                Ok(Err(status)) => Err(CallError::Status { downstream: name, method, status }),
                 Err(_) => Err(CallError::DeadlineExceeded { downstream: name, method }),
             }
         })
-    }
-}
-
-/// tonic reports a connection lost under a call (reset or broken pipe: a server cutting an aged
-/// connection, a replica that died) as UNKNOWN, and a call dropped from a closing connection's
-/// queue as CANCELLED. Both are UNAVAILABLE, which the retry layer tries again on a fresh
-/// connection.
-fn lost_connection(status: tonic::Status) -> tonic::Status {
-    let from_transport =
-        std::error::Error::source(&status).is_some_and(|source| source.is::<tonic::transport::Error>());
-    if from_transport && matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled) {
-        tonic::Status::unavailable(format!("connection lost: {}", status.message()))
-    } else {
-        status
     }
 }
 
