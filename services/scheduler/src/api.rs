@@ -1,7 +1,7 @@
 //! The gRPC surface of the scheduler: the two hot paths (NextItems, SubmitAttempt), due items
 //! and the attempt export.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -179,6 +179,8 @@ impl SchedulerService for SchedulerApi {
         phases.done("reads");
         let now = now_millis();
 
+        // Keys are item ids the process itself holds, so a fast hash without DoS resistance
+        // serves (SipHash was 4 % of the scheduler's CPU per NextItems).
         let answered: HashSet<&str> = answers.iter().map(|(item, _)| item.as_str()).collect();
         let seen: HashSet<&str> = states.iter().map(|s| s.item_id.as_str()).collect();
         let want_new = match mode {

@@ -2,7 +2,7 @@
 //! models from scoring, and the progress call to user (used by the outbox). Each method is a typed
 //! call stack (see `alp_runtime::client`); single item lookups go through a batcher.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -383,7 +383,7 @@ impl CourseItems {
     }
 
     /// The first `want` items not in `seen`.
-    pub fn unseen(&self, seen: &HashSet<&str>, want: usize) -> Vec<Arc<Item>> {
+    pub fn unseen(&self, seen: &foldhash::HashSet<&str>, want: usize) -> Vec<Arc<Item>> {
         self.items.iter().filter(|item| !seen.contains(item.item_id.as_str())).take(want).cloned().collect()
     }
 }
