@@ -23,7 +23,7 @@ use crate::downstream::{Downstreams, choice_count};
 use crate::error::SchedulerError;
 use crate::outbox::Relay;
 use crate::phase::PhaseTimer;
-use crate::score_request::{CandidateRef, ScoreRequest};
+use crate::score_request::{CandidateRef, CatalogueItem, ScoreRequest};
 use crate::store::{ExportFilter, MemoryRow, SchedulerStore};
 use crate::submit_attempt::{AttemptRecorder, Submission, Submitted};
 
@@ -87,7 +87,7 @@ fn mode(value: i32) -> Result<Mode, FieldViolation> {
     }
 }
 
-fn candidate(item: &Arc<Item>, memory: Option<&MemoryRow>) -> CandidateRef {
+fn candidate(item: &Arc<CatalogueItem>, memory: Option<&MemoryRow>) -> CandidateRef {
     CandidateRef {
         item: Arc::clone(item),
         memory: memory.map(MemoryRow::memory),
@@ -208,8 +208,8 @@ impl SchedulerService for SchedulerApi {
         let fetched = self.downstream.items_of(&course, &review_ids).await?;
         let memory: HashMap<&str, &MemoryRow> = states.iter().map(|s| (s.item_id.as_str(), s)).collect();
 
-        let pool: Vec<Arc<Item>> = fetched.into_iter().chain(unseen).collect();
-        let items: HashMap<&str, &Item> = pool.iter().map(|item| (item.item_id.as_str(), item.as_ref())).collect();
+        let pool: Vec<Arc<CatalogueItem>> = fetched.into_iter().chain(unseen).collect();
+        let items: HashMap<&str, &Item> = pool.iter().map(|item| (item.item_id.as_str(), &***item)).collect();
         let candidates: Arc<Vec<CandidateRef>> = Arc::new(
             pool.iter()
                 .filter(|item| !item.retired && !answered.contains(item.item_id.as_str()))

@@ -34,7 +34,7 @@ use crate::cache::{ITEM_COPIES, UNFOLLOWED_ITEM_COPIES};
 use crate::catalogue::Catalogue;
 use crate::error::SchedulerError;
 use crate::outbox::{Consumer, Deliver};
-use crate::score_request::{self, ScoreRequest};
+use crate::score_request::{self, CatalogueItem, ScoreRequest, SkillGraph};
 
 const DEFAULT_RETENTION: f64 = 0.90;
 
@@ -85,7 +85,7 @@ pub struct Downstreams {
     /// Every NextItems needs the whole course (a thousand items is a few hundred kB): listing it
     /// per call cost more than all the rest of NextItems together.
     course_items: Catalogue<CourseItems>,
-    skill_graphs: Catalogue<Vec<SkillPrerequisites>>,
+    skill_graphs: Catalogue<SkillGraph>,
     /// Profiles as the user service last gave them, dropped when it announces a change: every
     /// NextItems and SubmitAttempt needs one, and asking cost the user service more CPU than
     /// anything else it does. None without Redis, which carries the announcements.
@@ -244,7 +244,11 @@ impl Downstreams {
 
     /// Items by id: from the course's copy where it has them, the rest (retired, or newer than
     /// the copy) from content; missing ones are left out.
-    pub async fn items_of(&self, course: &CourseItems, item_ids: &[&str]) -> Result<Vec<Arc<Item>>, SchedulerError> {
+    pub async fn items_of(
+        &self,
+        course: &CourseItems,
+        item_ids: &[&str],
+    ) -> Result<Vec<Arc<CatalogueItem>>, SchedulerError> {
         let mut items = Vec::with_capacity(item_ids.len());
         let mut elsewhere = Vec::new();
         for id in item_ids {
@@ -255,13 +259,13 @@ impl Downstreams {
         }
         for chunk in elsewhere.chunks(ITEMS_PER_CALL) {
             let response = self.batch_get_items.call(BatchGetItemsRequest { item_ids: chunk.to_vec() }).await?;
-            items.extend(response.items.into_iter().map(Arc::new));
+            items.extend(response.items.into_iter().map(|item| Arc::new(CatalogueItem::new(item))));
         }
         Ok(items)
     }
 
     /// The prerequisites of every skill of a course that has any.
-    pub async fn skill_graph(&self, course_id: &str) -> Result<Arc<Vec<SkillPrerequisites>>, SchedulerError> {
+    pub async fn skill_graph(&self, course_id: &str) -> Result<Arc<SkillGraph>, SchedulerError> {
         let listing = || {
             let (this, course_id) = (self.clone(), course_id.to_owned());
             async move { this.list_skill_graph(&course_id).await }
@@ -297,7 +301,7 @@ impl Downstreams {
         Ok(items)
     }
 
-    async fn list_skill_graph(&self, course_id: &str) -> Result<Vec<SkillPrerequisites>, CallError> {
+    async fn list_skill_graph(&self, course_id: &str) -> Result<SkillGraph, CallError> {
         const MAX_PAGES: usize = 10;
         let mut graph = Vec::new();
         let mut page_token = String::new();
@@ -314,7 +318,7 @@ impl Downstreams {
             }
             page_token = page.next_page_token;
         }
-        Ok(graph)
+        Ok(SkillGraph::new(&graph))
     }
 }
 
@@ -368,22 +372,22 @@ fn decode_rows<M: prost::Message + Default>(rows: &[Vec<u8>]) -> Result<Vec<M>, 
 /// A course's items in service, in course order, shared by the calls of the moment.
 #[derive(Debug, Default)]
 pub struct CourseItems {
-    items: Vec<Arc<Item>>,
+    items: Vec<Arc<CatalogueItem>>,
     by_id: HashMap<String, usize>,
 }
 
 impl CourseItems {
     fn new(items: Vec<Item>) -> Self {
         let by_id = items.iter().enumerate().map(|(i, item)| (item.item_id.clone(), i)).collect();
-        Self { items: items.into_iter().map(Arc::new).collect(), by_id }
+        Self { items: items.into_iter().map(|item| Arc::new(CatalogueItem::new(item))).collect(), by_id }
     }
 
-    pub fn get(&self, item_id: &str) -> Option<&Arc<Item>> {
+    pub fn get(&self, item_id: &str) -> Option<&Arc<CatalogueItem>> {
         self.by_id.get(item_id).map(|i| &self.items[*i])
     }
 
     /// The first `want` items not in `seen`.
-    pub fn unseen(&self, seen: &foldhash::HashSet<&str>, want: usize) -> Vec<Arc<Item>> {
+    pub fn unseen(&self, seen: &foldhash::HashSet<&str>, want: usize) -> Vec<Arc<CatalogueItem>> {
         self.items.iter().filter(|item| !seen.contains(item.item_id.as_str())).take(want).cloned().collect()
     }
 }

@@ -1,6 +1,5 @@
 //! The gRPC surface of the scoring service.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use alp_proto::common::v1::{MemoryPhase, MemoryState as MemoryProto, MockTestEstimate, Mode, Rating};
@@ -134,11 +133,8 @@ impl ScoringService for ScoringApi {
         let difficulties = self
             .calibrations
             .difficulties(request.candidates.iter().map(|c| (c.item_id.as_str(), c.initial_difficulty)));
-        let graph: HashMap<String, Vec<String>> = std::mem::take(&mut request.skill_graph)
-            .into_iter()
-            .map(|s| (s.skill_id, s.prerequisite_skill_ids))
-            .collect();
-        let unmet = self.ranking.unmet_prerequisites(&graph, abilities);
+        let graph = request.skill_graph.iter().map(|s| (s.skill_id.as_str(), s.prerequisite_skill_ids.as_slice()));
+        let unmet = self.ranking.unmet_prerequisites(graph, abilities);
 
         let mut states = Vec::with_capacity(request.candidates.len());
         for (i, (c, difficulty)) in std::mem::take(&mut request.candidates).into_iter().zip(difficulties).enumerate() {
@@ -161,7 +157,7 @@ impl ScoringService for ScoringApi {
                 _ => None,
             };
             let mut blocked_by: Vec<String> =
-                c.skill_ids.iter().filter_map(|s| unmet.get(s)).flatten().cloned().collect();
+                c.skill_ids.iter().filter_map(|s| unmet.get(s.as_str())).flatten().map(|p| (*p).to_owned()).collect();
             blocked_by.sort();
             blocked_by.dedup();
             states.push(CandidateState {

@@ -359,10 +359,12 @@ fn alp_pick(
     now: i64,
 ) -> Option<Pick> {
     let unseen = desk.unseen(NEW_CANDIDATES);
-    let unmet = bank.policy.unmet_prerequisites(&bank.graph, &desk.abilities);
+    let graph = bank.graph.iter().map(|(skill, prerequisites)| (skill.as_str(), prerequisites.as_slice()));
+    let unmet = bank.policy.unmet_prerequisites(graph, &desk.abilities);
     let candidate = |item: usize, seen: Option<Seen>| {
         let skills = &bank.skill_ids[item];
-        let blocked_by = skills.iter().filter_map(|s| unmet.get(s)).flatten().cloned().collect();
+        let blocked_by =
+            skills.iter().filter_map(|s| unmet.get(s.as_str())).flatten().map(|p| (*p).to_owned()).collect();
         CandidateState {
             item_id: bank.item_ids[item].clone(),
             skill_ids: skills.clone(),

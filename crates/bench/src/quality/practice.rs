@@ -62,7 +62,10 @@ pub fn run(
     for round in 0..rounds {
         for (l, learner) in population.learners.iter().enumerate() {
             for _ in 0..picks_per_round {
-                let unmet = policy.unmet_prerequisites(&graph, &abilities[l]);
+                let unmet = policy.unmet_prerequisites(
+                    graph.iter().map(|(skill, prerequisites)| (skill.as_str(), prerequisites.as_slice())),
+                    &abilities[l],
+                );
                 let candidates: Vec<CandidateState> = population
                     .items
                     .iter()
@@ -75,7 +78,10 @@ pub fn run(
                             ability: skill_ability(&abilities[l], skill).value,
                             difficulty: items[i].value,
                             guess: item.guess(),
-                            blocked_by: unmet.get(skill).cloned().unwrap_or_default(),
+                            blocked_by: unmet
+                                .get(skill.as_str())
+                                .map(|p| p.iter().map(|s| (*s).to_owned()).collect())
+                                .unwrap_or_default(),
                             skill_ids: vec![skill.clone()],
                             seen: None,
                         }

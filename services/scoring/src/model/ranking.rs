@@ -114,18 +114,19 @@ impl RankingPolicy {
         })
     }
 
-    /// For each skill with an unmastered prerequisite, those prerequisites.
-    pub fn unmet_prerequisites(
+    /// For each skill with an unmastered prerequisite, those prerequisites; `graph` is each
+    /// skill with its prerequisites, borrowed from the request.
+    pub fn unmet_prerequisites<'a>(
         &self,
-        graph: &HashMap<String, Vec<String>>,
+        graph: impl IntoIterator<Item = (&'a str, &'a [String])>,
         abilities: &HashMap<String, Estimate>,
-    ) -> HashMap<String, Vec<String>> {
+    ) -> HashMap<&'a str, Vec<&'a str>> {
         graph
-            .iter()
+            .into_iter()
             .filter_map(|(skill, prerequisites)| {
-                let unmet: Vec<String> =
-                    prerequisites.iter().filter(|p| !self.mastered(abilities.get(*p))).cloned().collect();
-                (!unmet.is_empty()).then(|| (skill.clone(), unmet))
+                let unmet: Vec<&str> =
+                    prerequisites.iter().map(String::as_str).filter(|p| !self.mastered(abilities.get(*p))).collect();
+                (!unmet.is_empty()).then_some((skill, unmet))
             })
             .collect()
     }
@@ -520,20 +521,18 @@ mod tests {
     #[test]
     fn new_items_behind_an_unmastered_prerequisite_come_after_open_ones_but_before_early_reviews() {
         let policy = RankingPolicy::default();
-        let graph: HashMap<String, Vec<String>> =
-            [("fractions".to_owned(), vec!["division".to_owned()]), ("division".to_owned(), Vec::new())]
-                .into_iter()
-                .collect();
+        let graph = [("fractions", vec!["division".to_owned()]), ("division", Vec::new())];
+        let graph = || graph.iter().map(|(skill, prerequisites)| (*skill, prerequisites.as_slice()));
         let novice = HashMap::new();
-        let unmet = policy.unmet_prerequisites(&graph, &novice);
-        assert_eq!(unmet.get("fractions"), Some(&vec!["division".to_owned()]));
+        let unmet = policy.unmet_prerequisites(graph(), &novice);
+        assert_eq!(unmet.get("fractions"), Some(&vec!["division"]));
         assert!(!unmet.contains_key("division"));
         let expert: HashMap<String, Estimate> =
             [("division".to_owned(), Estimate { value: 1.5, attempts: 10 })].into_iter().collect();
-        assert!(policy.unmet_prerequisites(&graph, &expert).is_empty());
+        assert!(policy.unmet_prerequisites(graph(), &expert).is_empty());
         let lucky: HashMap<String, Estimate> =
             [("division".to_owned(), Estimate { value: 1.5, attempts: 1 })].into_iter().collect();
-        assert!(!policy.unmet_prerequisites(&graph, &lucky).is_empty(), "one answer is not mastery");
+        assert!(!policy.unmet_prerequisites(graph(), &lucky).is_empty(), "one answer is not mastery");
 
         // The gated item suits the target perfectly, yet a poor fit without a gate beats it.
         let mut gated = new_item("frac", "fractions");
