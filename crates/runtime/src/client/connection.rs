@@ -45,10 +45,6 @@ impl Connection {
         Self { address, authority, connect_timeout, current: Mutex::new(None), dialling: tokio::sync::Mutex::new(0) }
     }
 
-    pub fn address(&self) -> SocketAddr {
-        self.address
-    }
-
     pub fn authority(&self) -> &Authority {
         &self.authority
     }
