@@ -1,11 +1,13 @@
 //! `alp bench reference`: the bare fan-out this hardware allows, to set NextItems against. A
 //! plain tonic server (no admission control, no breakers, no caches) answers NextItems with one
-//! GET through the services' own Redis Cluster client and three unary gRPC calls, in turn, to
-//! upstreams that run as processes of their own (`alp bench upstream`), as the suite's user,
-//! content and scoring do; the reply is built once, five items of the size NextItems returns.
+//! GET through the services' own Redis Cluster client and three unary gRPC calls, in turn, on the
+//! services' own call connections (`alp_runtime::client::Connection`), to upstreams that run as
+//! processes of their own (`alp bench upstream`), as the suite's user, content and scoring do; the
+//! reply is built once, five items of the size NextItems returns.
 //! The load generator and h2load drive it exactly as they drive the suite.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 use alp_proto::scheduler::v1::scheduler_service_server::{SchedulerService, SchedulerServiceServer};
@@ -13,14 +15,14 @@ use alp_proto::scheduler::v1::{
     ExportAttemptsRequest, ExportAttemptsResponse, ListDueItemsRequest, ListDueItemsResponse, NextItem,
     NextItemsRequest, NextItemsResponse, SubmitAttemptRequest, SubmitAttemptResponse,
 };
-use alp_runtime::client::lazy_channel;
+use alp_runtime::client::{Connection, Transport};
 use alp_runtime::redis::{Redis, RedisArgs};
 use alp_runtime::server::incoming;
 use anyhow::Context;
 use fred::interfaces::KeysInterface;
 use prost::Message;
 use tokio::net::TcpListener;
-use tonic::transport::{Channel, Server};
+use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -54,7 +56,7 @@ const ONLY_NEXT_ITEMS: &str = "the fan-out reference server answers NextItems on
 struct FanOut {
     redis: Redis,
     key: String,
-    upstreams: Vec<HealthClient<Channel>>,
+    upstreams: Vec<HealthClient<Transport>>,
     reply: NextItemsResponse,
 }
 
@@ -145,7 +147,14 @@ pub async fn run(args: &ReferenceArgs) -> anyhow::Result<()> {
     let upstreams = args
         .upstreams
         .iter()
-        .map(|address| Ok(HealthClient::new(lazy_channel("upstream", address, Duration::from_secs(1))?)))
+        .map(|address| {
+            let resolved = address
+                .to_socket_addrs()
+                .with_context(|| format!("upstream address {address:?}"))?
+                .next()
+                .with_context(|| format!("upstream address {address:?} resolves to nothing"))?;
+            Ok(HealthClient::new(Transport::new(Arc::new(Connection::new(resolved, Duration::from_secs(1))))))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(address = %args.listen, "fan-out reference listening");
