@@ -188,7 +188,7 @@ for name, title in ENDPOINTS:
 if fanout:
     w("## The bare references\n")
     w("The plain tonic fan-out (`alp bench reference`: one GET through the services' Redis Cluster client, then "
-      "three unary calls in turn to three bare gRPC upstream processes, `alp bench upstream`; a reply of NextItems' "
+      "three unary calls in turn, on the services' own call connections, to three bare gRPC upstream processes, `alp bench upstream`; a reply of NextItems' "
       "size, 1,096 bytes, built once), driven by the same generator with NextItems requests:\n")
     w(f"![bare fan-out](capacity/reference-fanout.svg)\n")
     w("| step | achieved/s | p50 ms | p99 ms | p99.9 ms | errors | late | reference CPU µs/request | upstreams CPU µs/request | generator cores |")
