@@ -8,7 +8,10 @@
 //! per batch instead of once per attempt: pgbench with 8 clients ran the one-row statement at
 //! 7,142/s and the four-row one at 4,311/s, i.e. 17,246 attempts/s (docs/performance.md).
 //!
-//! A caller is answered only after its batch committed, so an acknowledged attempt is durable.
+//! A caller is answered only after its batch committed, so an acknowledged attempt is durable,
+//! and after the batch's learners' cached memory states were dropped, so their next NextItems
+//! reads what the batch wrote: one invalidation, and one announcement to the other replicas,
+//! per batch rather than per attempt.
 //! A batch the database refused is written again record by record, so one bad record fails
 //! alone; when the database was down or too slow, every record of the batch gets that at once.
 
@@ -18,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use alp_runtime::{ErrorKind, ServiceError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::cache::{SchedulerCaches, memory_key};
 use crate::error::SchedulerError;
 use crate::store::{AttemptRecord, SchedulerStore};
 
@@ -68,10 +72,10 @@ impl std::fmt::Debug for Waiting {
 }
 
 impl GroupCommit {
-    pub fn new(store: SchedulerStore, config: GroupCommitConfig) -> Self {
+    pub fn new(store: SchedulerStore, caches: SchedulerCaches, config: GroupCommitConfig) -> Self {
         let (queue, receiver) = mpsc::channel(config.queue.max(1));
         let counts = Arc::new(Counts::default());
-        tokio::spawn(gather(store, config, receiver, Arc::clone(&counts)));
+        tokio::spawn(gather(store, caches, config, receiver, Arc::clone(&counts)));
         Self { queue, counts }
     }
 
@@ -91,6 +95,7 @@ impl GroupCommit {
 
 async fn gather(
     store: SchedulerStore,
+    caches: SchedulerCaches,
     config: GroupCommitConfig,
     mut queue: mpsc::Receiver<Waiting>,
     counts: Arc<Counts>,
@@ -109,19 +114,33 @@ async fn gather(
         counts.batches.fetch_add(1, Ordering::Relaxed);
         counts.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
         metrics::histogram!("alp_batch_keys", "batcher" => "attempt_records").record(batch.len() as f64);
-        let store = store.clone();
+        let (store, caches) = (store.clone(), caches.clone());
         // In a task of its own: a submitter that gives up never cancels the others' commit.
         tokio::spawn(async move {
             let (records, replies): (Vec<AttemptRecord>, Vec<_>) =
                 batch.into_iter().map(|w| (w.record, w.reply)).unzip();
             let written = write(&store, &records).await;
             drop(writer);
+            caches.memory.invalidate(&changed_memory(&records, &written)).await;
             for (reply, written) in replies.into_iter().zip(written) {
                 // A submitter that left does not want its answer.
                 let _ = reply.send(written);
             }
         });
     }
+}
+
+/// The cache keys of the memory states the batch wrote, each once.
+fn changed_memory(records: &[AttemptRecord], written: &[Written]) -> Vec<String> {
+    let mut keys: Vec<String> = records
+        .iter()
+        .zip(written)
+        .filter(|(_, written)| matches!(written, Ok(Some(_))))
+        .map(|(r, _)| memory_key(&r.attempt.learner_id, &r.attempt.course_id))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 /// Each record's outcome, in order.

@@ -20,7 +20,7 @@ use alp_runtime::validate::{id, optional_id};
 use alp_runtime::{FieldViolation, StoreError};
 use prost::Message;
 
-use crate::cache::{SchedulerCaches, memory_key};
+use crate::cache::SchedulerCaches;
 use crate::downstream::{Downstreams, choice_count};
 use crate::error::SchedulerError;
 use crate::group_commit::{GroupCommit, GroupCommitConfig};
@@ -116,7 +116,6 @@ pub struct AttemptRecorder {
     priors: Batcher<(String, String), MemoryRow, Arc<StoreError>>,
     records: GroupCommit,
     downstream: Downstreams,
-    caches: SchedulerCaches,
     scoring: Relay,
     user: Relay,
 }
@@ -134,8 +133,8 @@ impl AttemptRecorder {
             let reader = reader.clone();
             async move { reader.memory_states_of(&pairs).await.map_err(Arc::new) }
         });
-        let records = GroupCommit::new(store.clone(), GroupCommitConfig::default());
-        Self { store, priors, records, downstream, caches, scoring, user }
+        let records = GroupCommit::new(store.clone(), caches, GroupCommitConfig::default());
+        Self { store, priors, records, downstream, scoring, user }
     }
 
     pub async fn submit(&self, submission: Submission) -> Result<Submitted, SchedulerError> {
@@ -247,15 +246,14 @@ impl AttemptRecorder {
             outbox: vec![(Consumer::Scoring, scoring_row.clone()), (Consumer::User, user_row.clone())],
         };
 
-        // In a task of its own: once the attempt commits, the cache invalidation and the outbox
-        // hand-off must follow even if the caller's deadline cuts this handler short.
+        // In a task of its own: once the attempt commits (and its cached memory states are
+        // dropped, `group_commit.rs`), the outbox hand-off must follow even if the caller's
+        // deadline cuts this handler short.
         let this = self.clone();
         let recording = tokio::spawn(async move {
-            let (learner_id, course_id) = (record.attempt.learner_id.clone(), record.attempt.course_id.clone());
+            let learner_id = record.attempt.learner_id.clone();
             let attempt = record.attempt.to_proto();
             let Some(seqs) = this.records.record(record).await? else { return Ok(None) };
-            // Before answering, so the learner's next NextItems cannot see the state before this.
-            this.caches.memory.invalidate(&[memory_key(&learner_id, &course_id)]).await;
             // Only a first answer moves what a ranking reads (ability, difficulty, the practice
             // target); a review changes the memory state alone, committed here.
             this.scoring.send(seqs[0], &learner_id, scoring_row, first_attempt);

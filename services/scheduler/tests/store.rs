@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use alp_runtime::testing::on_every_backend;
+use alp_scheduler::cache::SchedulerCaches;
 use alp_scheduler::{
     AttemptRecord, AttemptRow, Consumer, ExportFilter, GroupCommit, GroupCommitConfig, MIGRATIONS, MemoryRow,
     SchedulerStore,
@@ -145,7 +146,11 @@ async fn memory_states_are_read_by_learner_and_item_together() {
 async fn concurrent_records_share_commits_and_a_bad_one_fails_alone() {
     on_every_backend("scheduler", MIGRATIONS, |db| async move {
         let store = SchedulerStore::new(db);
-        let writer = GroupCommit::new(store.clone(), GroupCommitConfig { max_in_flight: 1, ..Default::default() });
+        let writer = GroupCommit::new(
+            store.clone(),
+            SchedulerCaches::new(None),
+            GroupCommitConfig { max_in_flight: 1, ..Default::default() },
+        );
         let records: Vec<AttemptRecord> = (0..20)
             .map(|n| {
                 let record = attempt_record(&format!("a{n}"), &format!("l{n}"), "i1", 1_000 + n);
