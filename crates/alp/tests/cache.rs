@@ -18,7 +18,8 @@ use alp_proto::scheduler::v1::submit_attempt_request::Outcome;
 use alp_proto::scheduler::v1::{NextItemsRequest, SubmitAttemptRequest};
 use alp_proto::user::v1::user_service_client::UserServiceClient;
 use alp_proto::user::v1::{
-    CreateLearnerRequest, DeleteLearnerRequest, EnrolLearnerRequest, GetLearnerRequest, Learner, UpdateLearnerRequest,
+    BatchGetLearnersRequest, CreateLearnerRequest, DeleteLearnerRequest, EnrolLearnerRequest, GetLearnerRequest,
+    Learner, UpdateLearnerRequest,
 };
 use alp_runtime::cache::{Cache, CacheCounts};
 use alp_runtime::redis::{Redis, RedisConfig};
@@ -70,11 +71,17 @@ async fn scheduler_reads_memory_from_the_cache(
     let models = cache_counts(handle, "learner_models");
     scheduler.next_items(next()).await.unwrap();
     assert_eq!(cache_counts(handle, "learner_models").0, models.0 + 1, "the learner's model from scoring's copy");
+    // BatchGetLearners (how the scheduler asks for profiles it has no copy of) reads the same cache.
+    let batch_read = || BatchGetLearnersRequest { learner_ids: vec!["cacher".into(), "nobody".into()] };
+    let cached = user.batch_get_learners(batch_read()).await.unwrap().into_inner();
+    assert_eq!((cached.learners.len(), cached.missing_learner_ids), (1, vec!["nobody".to_owned()]));
     let renamed = Learner { learner_id: "cacher".into(), display_name: "Renamed".into(), ..Default::default() };
     let mask = prost_types::FieldMask { paths: vec!["display_name".into()] };
     user.update_learner(UpdateLearnerRequest { learner: Some(renamed), update_mask: Some(mask) }).await.unwrap();
     let fetched = user.get_learner(GetLearnerRequest { learner_id: "cacher".into() }).await.unwrap().into_inner();
     assert_eq!(fetched.learner.unwrap().display_name, "Renamed", "an update is never served stale");
+    let batch = user.batch_get_learners(batch_read()).await.unwrap().into_inner();
+    assert_eq!(batch.learners[0].display_name, "Renamed", "nor by BatchGetLearners");
 
     let submit = SubmitAttemptRequest {
         attempt_id: "cacher-1".into(),

@@ -61,6 +61,22 @@ impl UserApi {
         Ok(learner)
     }
 
+    /// The learners found among `ids` (distinct), through the same cache as [`Self::learner`]:
+    /// the scheduler asks for the profiles it has no copy of in batches.
+    async fn learners_of(&self, ids: &[String]) -> std::result::Result<Vec<Learner>, UserError> {
+        let cached = self.learners.get_many(ids).await;
+        let misses: Vec<String> =
+            ids.iter().zip(&cached).filter(|(_, c)| c.is_none()).map(|(id, _)| id.clone()).collect();
+        let mut learners: Vec<Learner> = cached.into_iter().flatten().collect();
+        if !misses.is_empty() {
+            let read = self.store.get_learners(&misses).await.map_err(UserError::from)?;
+            let entries: Vec<(String, Learner)> = read.iter().map(|l| (l.learner_id.clone(), l.clone())).collect();
+            self.learners.put_many(&entries).await;
+            learners.extend(read);
+        }
+        Ok(learners)
+    }
+
     /// Progress in every course the learner is enrolled in, and whether it was read from the
     /// database rather than the cache (the caller caches it once the learner is known to exist).
     async fn all_progress(&self, learner_id: &str) -> std::result::Result<(Vec<CourseProgress>, bool), UserError> {
@@ -104,7 +120,7 @@ impl UserService for UserApi {
         let mut unique = request.learner_ids.clone();
         unique.sort();
         unique.dedup();
-        let mut learners = self.store.get_learners(&unique).await.map_err(UserError::from)?;
+        let mut learners = self.learners_of(&unique).await?;
         learners.sort_by(|a, b| a.learner_id.cmp(&b.learner_id));
         let missing_learner_ids = unique
             .into_iter()
