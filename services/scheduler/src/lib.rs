@@ -68,6 +68,12 @@ pub const MIGRATIONS: &[MigrationStep] = &[
         postgres: include_str!("../migrations/postgres/0005_fewer_index_writes.sql"),
         sqlite: include_str!("../migrations/sqlite/0005_fewer_index_writes.sql"),
     },
+    MigrationStep {
+        version: 6,
+        description: "hot memory updates",
+        postgres: include_str!("../migrations/postgres/0006_hot_memory_updates.sql"),
+        sqlite: include_str!("../migrations/sqlite/0006_hot_memory_updates.sql"),
+    },
 ];
 
 #[derive(Debug, Clone)]
