@@ -44,9 +44,9 @@ const ITEMS_PER_CALL: usize = 500;
 
 /// Profiles this replica has no copy of are asked for together. A restarted scheduler meets
 /// thousands of learners a second; one at a time, each cost the user service a cache miss, a
-/// database read and a cache write, and queued there (GetLearner p90 250 ms while NextItems
-/// ran at 3,000/s). Those missing while a batch is out form the next, so a quiet scheduler
-/// adds no wait.
+/// database read and a cache write, and queued there (2,000 NextItems/s on fresh services:
+/// the scheduler waited p90 100 ms, the handler's p99 250 ms). Those missing while a batch is
+/// out form the next, so a quiet scheduler adds no wait.
 const LEARNER_BATCH: BatchConfig =
     BatchConfig { max_size: 200, max_delay: Duration::ZERO, queue: 10_000, max_in_flight: 2 };
 
